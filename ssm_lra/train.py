@@ -18,7 +18,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ssm_lra.errors import ConfigError, UserError
+from ssm_lra.errors import UserError
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -79,17 +79,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def resolved_task_config(cfg: DictConfig) -> dict:
-    """The task config as a dict; with data.tiny, the task's `tiny` values replace the full ones."""
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    if cfg.data.get("tiny") and task_cfg.get("tiny"):
-        tiny = dict(task_cfg["tiny"])
-        task_cfg["seq_len"] = tiny.pop("seq_len", task_cfg.get("seq_len"))
-        if "generate" in task_cfg:
-            task_cfg["generate"] = {**task_cfg["generate"], **tiny}
-    return task_cfg
-
-
 def majority_class_rate(source) -> float:
     """The accuracy of always answering the most frequent class: the floor a model must beat."""
     labels = np.array([int(source[i]["label"]) for i in range(len(source))])
@@ -105,51 +94,31 @@ def peak_device_memory_gib() -> float | None:
     return peak / 2**30 if peak else None
 
 
-def validate_trainer(trainer) -> None:
-    for key in ("batch_size", "log_every"):
-        if not isinstance(trainer[key], int) or trainer[key] < 1:
-            raise ConfigError(f"trainer.{key} must be a positive integer, got {trainer[key]!r}.")
-
-
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_dir(run_dir)
 
     # Everything the config decides is checked before data is prepared or anything is compiled.
-    from ssm_lra.data.tasks import task_spec
-    from ssm_lra.engine.optim import validate_optimizer_config
-    from ssm_lra.model import build_model
+    from ssm_lra.engine.setup import build_state, check_config
 
-    validate_trainer(cfg.trainer)
-    validate_optimizer_config(cfg.optimizer)
-    task_cfg = resolved_task_config(cfg)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    spec = task_spec(task_cfg)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec)
+    plan = check_config(cfg)
+    spec, model, trainer = plan.spec, plan.model, plan.trainer
 
     # Data.
     from ssm_lra.data.loading import load_task_data
 
-    data = load_task_data(task_cfg, data_cfg)
+    data = load_task_data(plan.task, plan.data)
 
     # Model, optimizer, state.
     import jax
 
     from ssm_lra.engine.checkpoint import Checkpoints
     from ssm_lra.engine.logging import RunLogger
-    from ssm_lra.engine.loop import Progress, Schedule, evaluate, fit
-    from ssm_lra.engine.optim import build_optimizer
-    from ssm_lra.engine.steps import count_params, init_state, init_variables, make_eval_step
-    from ssm_lra.ssm import mixer_class
+    from ssm_lra.engine.loop import Progress, evaluate, fit
+    from ssm_lra.engine.steps import count_params, make_eval_step
 
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    schedule = Schedule.from_config(trainer, len(data.splits["train"]))
-    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    variables = init_variables(model, spec, trainer["batch_size"], init_rng)
-    params = variables["params"]
-    tx = build_optimizer(cfg.optimizer, params, mixer_class(cfg.model.name).SSM_PARAM_NAMES, schedule.total_steps, schedule.steps_per_epoch)
-    state = init_state(variables, tx, dropout_rng)
+    schedule, tx, state = build_state(plan, len(data.splits["train"]))
 
     checkpoints = Checkpoints(run_dir / "checkpoints")
     progress = Progress()
