@@ -53,20 +53,22 @@ class OutputActivation(nn.Module):
     kind: str
     d_model: int
     dropout: float
+    dtype: Any = jnp.float32  # compute dtype of the dense layers (parameters stay float32)
 
     @nn.compact
     def __call__(self, y, train: bool):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         if self.kind == "none":
             return drop(y)
+        y = y.astype(self.dtype)
         act = drop(nn.gelu(y))
         if self.kind == "glu":
-            return drop(nn.glu(nn.Dense(2 * self.d_model)(act), axis=-1))
+            return drop(nn.glu(nn.Dense(2 * self.d_model, dtype=self.dtype)(act), axis=-1))
         if self.kind == "half_glu1":
-            return drop(act * jax.nn.sigmoid(nn.Dense(self.d_model)(act)))
+            return drop(act * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))
         if self.kind == "half_glu2":
-            return drop(y * jax.nn.sigmoid(nn.Dense(self.d_model)(act)))
-        return drop(nn.Dense(self.d_model)(act))
+            return drop(y * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))
+        return drop(nn.Dense(self.d_model, dtype=self.dtype)(act))
 
 
 class ResidualBlock(nn.Module):
@@ -77,17 +79,20 @@ class ResidualBlock(nn.Module):
     prenorm: bool
     activation: str
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
+        # Mixed precision keeps the residual stream, the norms and the SSM in float32: only the
+        # position-wise dense layers run in `dtype`.
         skip = x
         keep = mask[..., None].astype(x.dtype)
         if self.prenorm:
             # Re-zero the padding: normalization maps zeros to nonzero values a mixer would read.
             x = Norm(self.norm)(x, mask, train) * keep
         x = mixer_class(self.mixer)(d_model=self.d_model, **self.mixer_config)(x, mask=mask)
-        x = OutputActivation(self.activation, self.d_model, self.dropout)(x, train)
-        x = x + skip
+        x = OutputActivation(self.activation, self.d_model, self.dropout, self.dtype)(x, train)
+        x = x.astype(skip.dtype) + skip
         if not self.prenorm:
             x = Norm(self.norm)(x, mask, train)
         # Zero the padding so that bidirectional mixers never read it.
@@ -121,6 +126,7 @@ class SequenceClassifier(nn.Module):
     dropout: float = 0.0
     pooling: str = "mean"
     dual: bool = False
+    dtype: Any = jnp.float32  # compute dtype of the non-SSM dense layers (bfloat16: mixed precision)
 
     @nn.compact
     def __call__(self, inputs, mask, train: bool = False):
@@ -144,6 +150,7 @@ class SequenceClassifier(nn.Module):
                 self.prenorm,
                 self.activation,
                 self.dropout,
+                self.dtype,
                 name=f"block_{i}",
             )(x, mask, train)
         pooled = masked_mean(x, mask) if self.pooling == "mean" else last_valid(x, mask)
@@ -155,8 +162,17 @@ class SequenceClassifier(nn.Module):
         return nn.Dense(self.num_classes, name="head")(hidden)
 
 
-def build_model(model_cfg: Mapping[str, Any], spec) -> SequenceClassifier:
-    """The classifier for a task from the `model` config group; raises ConfigError on bad choices."""
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") -> SequenceClassifier:
+    """The classifier for a task from the `model` config group; raises ConfigError on bad choices.
+
+    precision "bfloat16" runs the dense layers in bfloat16 (mixed precision); the SSM, the norms
+    and the residual stream stay float32.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not one of {list(PRECISIONS)}.")
     for key, allowed in (("norm", NORMS), ("activation", ACTIVATIONS), ("pooling", POOLINGS)):
         if model_cfg[key] not in allowed:
             raise ConfigError(f"model.{key}={model_cfg[key]!r} is not one of {list(allowed)}.")
@@ -181,4 +197,5 @@ def build_model(model_cfg: Mapping[str, Any], spec) -> SequenceClassifier:
         dropout=float(model_cfg["dropout"]),
         pooling=model_cfg["pooling"],
         dual=bool(getattr(spec, "dual", False)),
+        dtype=PRECISIONS[precision],
     )

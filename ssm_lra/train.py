@@ -99,6 +99,11 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_run_dir(run_dir)
 
+    # Join the other hosts first (multi-host jobs): the device count decides what is valid.
+    from ssm_lra.engine.distributed import initialize_multihost
+
+    initialize_multihost(cfg.trainer.get("multihost", "auto"))
+
     # Everything the config decides is checked before data is prepared or anything is compiled.
     from ssm_lra.engine.setup import build_state, check_config
 
@@ -110,22 +115,30 @@ def run(cfg: DictConfig) -> dict:
 
     data = load_task_data(plan.task, plan.data)
 
-    # Model, optimizer, state.
+    # Model, optimizer, state: replicated over a data-parallel mesh of every visible device.
     import jax
 
     from ssm_lra.engine.checkpoint import Checkpoints
+    from ssm_lra.engine.distributed import batch_sharded, data_mesh, replicated
     from ssm_lra.engine.logging import RunLogger
     from ssm_lra.engine.loop import Progress, evaluate, fit
     from ssm_lra.engine.steps import count_params, make_eval_step
 
     schedule, tx, state = build_state(plan, len(data.splits["train"]))
+    mesh = data_mesh()
+    state = jax.device_put(state, replicated(mesh))
 
     checkpoints = Checkpoints(run_dir / "checkpoints")
     progress = Progress()
     if trainer.get("resume") and checkpoints.latest_step("latest") is not None:
         state, meta = checkpoints.restore("latest", state)
-        progress = Progress(**meta)
-        print(f"Resuming from {checkpoints.directory / 'latest'} at step {int(state.step)}.", flush=True)
+        progress = Progress.from_meta(meta)
+        print(
+            f"Resuming from {checkpoints.directory / 'latest'} at step {int(state.step)}. "
+            f"(epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, best validation accuracy so far "
+            f"{max(progress.best_val_accuracy, 0.0):.4f})",
+            flush=True,
+        )
 
     n_params = count_params(state.params)
     print(
@@ -135,13 +148,22 @@ def run(cfg: DictConfig) -> dict:
         flush=True,
     )
 
-    logger = RunLogger(run_dir, OmegaConf.to_container(cfg.logger, resolve=True), OmegaConf.to_container(cfg, resolve=True))
+    logger = RunLogger(
+        run_dir,
+        OmegaConf.to_container(cfg.logger, resolve=True),
+        OmegaConf.to_container(cfg, resolve=True),
+        resume_id=progress.wandb_run_id,
+        enabled=jax.process_index() == 0,
+    )
+    progress.wandb_run_id = logger.wandb_run_id
     try:
-        state, progress = fit(model, tx, state, data, trainer, cfg.seed, checkpoints, logger, schedule, progress)
+        state, progress = fit(
+            model, tx, state, data, trainer, cfg.seed, checkpoints, logger, schedule, progress, mesh=mesh
+        )
         # Test (and re-check validation) at the best-validation checkpoint.
         best_state, _ = checkpoints.restore("best", state)
         eval_step = make_eval_step(model)
-        test = evaluate(eval_step, best_state, data, "test", trainer)
+        test = evaluate(eval_step, best_state, data, "test", trainer, sharding=batch_sharded(mesh))
         logger.log({"split": "test", "step": progress.best_step, "epoch": progress.best_epoch, **test})
         steps = int(jax.device_get(state.step))
         summary = {
@@ -159,10 +181,14 @@ def run(cfg: DictConfig) -> dict:
             "wall_time_s": time.perf_counter() - started,
             "train_seq_per_s": progress.train_sequences / progress.train_time_s if progress.train_time_s else None,
             "batch_size": trainer["batch_size"],
+            "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
+            "precision": trainer.get("precision", "float32"),
             "seq_len": spec.seq_len,
             "nonfinite_loss_steps": progress.nonfinite_loss_steps,
+            "train_elapsed_s": progress.elapsed_s,
             "peak_memory_gib": peak_device_memory_gib(),
             "devices": jax.device_count(),
+            "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind,
             "jax_version": jax.__version__,
@@ -185,24 +211,57 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def requeue_slurm_job(environ=os.environ) -> bool:
+    """Put this SLURM job back in the queue (it resumes from the checkpoint); False outside SLURM."""
+    job = environ.get("SLURM_ARRAY_JOB_ID") and f"{environ['SLURM_ARRAY_JOB_ID']}_{environ.get('SLURM_ARRAY_TASK_ID')}"
+    job = job or environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"could not requeue SLURM job {job}: {e}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def after_interruption(e, run_dir: str, requeue: bool) -> int:
+    """Report a stop on a signal, pass the signal on, and say how the run resumes; the exit code.
+
+    A handler installed before training (submitit's, when launched by hydra/launcher=slurm) gets
+    the signal now that the checkpoint is safe: it requeues the job. Plain SLURM jobs requeue
+    themselves on SIGUSR1/SIGUSR2 (the time-limit warning of `sbatch --signal`), never on
+    SIGTERM or Ctrl-C, which scancel and users send to stop.
+    """
+    import signal
+
+    print(
+        f"\nStopped by {e.signame} at step {e.step}; the latest checkpoint is saved in {run_dir}/checkpoints. "
+        f"Resume with the same command plus hydra.run.dir={run_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if callable(e.previous_handler):
+        e.previous_handler(e.signum, None)
+    elif requeue and e.signum in (signal.SIGUSR1, signal.SIGUSR2) and requeue_slurm_job():
+        print("Requeued the SLURM job; it resumes from this checkpoint.", file=sys.stderr, flush=True)
+    return 128 + e.signum
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from ssm_lra.engine.loop import Interrupted
+    from ssm_lra.engine.loop import Interrupted, NonFiniteLoss
 
     try:
         return run(cfg)["best_val_accuracy"]
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Interrupted as e:
-        run_dir = HydraConfig.get().runtime.output_dir
-        print(
-            f"\nStopped by {e.signame} at step {e.step}; the latest checkpoint is saved in {run_dir}/checkpoints. "
-            f"Resume with the same command plus hydra.run.dir={run_dir}",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.exit(130 if e.signame == "SIGINT" else 143)
+        sys.exit(after_interruption(e, HydraConfig.get().runtime.output_dir, bool(cfg.trainer.get("requeue", True))))
 
 
 def cli() -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def train(args, cache_dir, cwd, timeout=300, **popen):
-    env = {**os.environ, "SSM_LRA_CACHE": str(cache_dir), "WANDB_SILENT": "true"}
+def train(args, cache_dir, cwd, timeout=300, extra_env=None, **popen):
+    env = {**os.environ, "SSM_LRA_CACHE": str(cache_dir), "WANDB_SILENT": "true", **(extra_env or {})}
     env.pop("SSM_LRA_DATA", None)
     cmd = [sys.executable, "-m", "ssm_lra.train", *args]
     if popen:
@@ -156,31 +157,75 @@ def test_unwritable_run_dir(cache_dir, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_ctrl_c_saves_and_resume_finishes(cache_dir, tmp_path):
-    run_dir = tmp_path / "run"
+def saved_arrays(run_dir, kind):
+    """The newest `kind` checkpoint's train state as a flat {path: numpy array}."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    newest = max((run_dir / "checkpoints" / kind).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    tree = ocp.PyTreeCheckpointer().restore(newest / "state")
+    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+EXACT_KEYS = (
+    "steps", "epochs", "best_val_accuracy", "best_step", "test_accuracy", "test_loss", "test_examples",
+    "nonfinite_loss_steps", "params",
+)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
+    """Exact resume: parameters, optimizer state, RNG, data position and best metrics all carry over."""
     args = [
-        "trainer=smoke", "trainer.max_steps=120", "task.seq_len=256", "trainer.limit_eval_batches=1", "logger=none",
-        f"hydra.run.dir={run_dir}",
+        "trainer=smoke", "trainer.max_steps=150", "task.seq_len=256", "trainer.limit_eval_batches=2",
+        "trainer.eval_every_steps=40", "model.dropout=0.1", "logger=none",
     ]
-    proc = train(args, cache_dir, tmp_path, popen=True)
+    whole_dir, run_dir = tmp_path / "whole", tmp_path / "run"
+    whole = train([*args, f"hydra.run.dir={whole_dir}"], cache_dir, tmp_path, popen=True)  # runs alongside
+    proc = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, popen=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 55):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == 143, stderr[-3000:]
     assert "Resume with" in stderr and "Traceback" not in stderr
     stopped_at = max(r["step"] for r in read_metrics(run_dir) if r["split"] == "train")
-    assert stopped_at < 120
-    resumed = train(args, cache_dir, tmp_path)
+    assert stopped_at < 150 and stopped_at % 48 != 0  # 48 batches per epoch: stopped mid-epoch
+    resumed = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout
+    assert f"Resuming from {run_dir / 'checkpoints' / 'latest'} at step {stopped_at}." in resumed.stdout
     train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
-    # Every step was trained exactly once across the two processes.
-    assert sorted(train_steps) == list(range(1, 121))
-    assert check_summary(run_dir)["steps"] == 120
+    assert sorted(train_steps) == list(range(1, 151))  # every step trained exactly once
+    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
+
+    interrupted, uninterrupted = check_summary(run_dir), check_summary(whole_dir)
+    assert {k: interrupted[k] for k in EXACT_KEYS} == {k: uninterrupted[k] for k in EXACT_KEYS}
+    validation = [(r["step"], r["accuracy"], r["loss"]) for r in read_metrics(run_dir) if r["split"] == "validation"]
+    assert validation == [(r["step"], r["accuracy"], r["loss"]) for r in read_metrics(whole_dir) if r["split"] == "validation"]
+    for kind in ("latest", "best"):
+        a, b = saved_arrays(run_dir, kind), saved_arrays(whole_dir, kind)
+        assert a.keys() == b.keys() and len(a) > 10
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{kind} {key}")
+
+
+def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_dir, tmp_path):
+    """Data parallel over 2 (host-platform) devices: same loss trajectory as the 1-device smoke run."""
+    one_dir, _ = smoke_run
+    run_dir = tmp_path / "run"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = train(["trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, extra_env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "devices: 2 x cpu" in result.stdout
+    summary = check_summary(run_dir)
+    assert summary["devices"] == 2
+    two = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run_dir) if r["split"] == "train"]
+    one = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(one_dir) if r["split"] == "train"]
+    assert [s for s, *_ in two] == [s for s, *_ in one] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, *v in two], [v for _, *v in one], rtol=1e-5)
+    assert summary["test_accuracy"] == pytest.approx(check_summary(one_dir)["test_accuracy"])
 
 
 def test_tiny_training_run_learns_easy_listops(cache_dir, tmp_path):

@@ -87,8 +87,14 @@ def batches(
     limit: int | None = None,
     prefetch: int = 4,
     threads: int = 2,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict]:
-    """The batches of one epoch, from batch index `start`, at most `limit` of them."""
+    """The batches of one epoch, from batch index `start`, at most `limit` of them.
+
+    With several processes (multi-host), each yields only its contiguous 1/process_count share of
+    the rows of every batch, and reads only those examples.
+    """
     ds = grain.MapDataset.source(source)
     if train:
         ds = ds.shuffle(seed=epoch_seed(seed, epoch))
@@ -100,20 +106,44 @@ def batches(
         offset=spec.token_offset,
         dual=spec.dual,
     )
-    ds = ds.map(pad)
-    ds = ds.batch(batch_size, drop_remainder=train)
-    if not train:
-        ds = ds.map(functools.partial(pad_batch, batch_size=batch_size))
+    if process_count > 1:
+        from ssm_lra.engine.distributed import host_rows
+
+        n_rows = num_batches(len(ds), batch_size, train) * batch_size
+        rows = _Rows(ds, host_rows(n_rows, batch_size, process_index, process_count))
+        ds = grain.MapDataset.source(rows).map(lambda item: {**pad(item[0]), "weight": np.float32(item[1])})
+        ds = ds.batch(batch_size // process_count)
+    else:
+        ds = ds.map(pad)
+        ds = ds.batch(batch_size, drop_remainder=train)
+        if not train:
+            ds = ds.map(functools.partial(pad_batch, batch_size=batch_size))
     stop = len(ds) if limit is None else min(len(ds), limit)
     ds = ds.slice(slice(start, stop))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
 
 
-def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
-    """Keep `size` batches already on their way to the device while the current one is used.
+class _Rows:
+    """Random access to chosen positions of a dataset: (example, weight); positions past its end
+    (the padding of a final evaluation batch) repeat the last example with weight 0."""
 
-    jax.device_put is asynchronous, so the host-to-device copy of the next batches overlaps the
-    running step instead of sitting in front of it.
+    def __init__(self, ds, rows: np.ndarray):
+        self.ds, self.rows = ds, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j):
+        i = int(self.rows[j])
+        return self.ds[min(i, len(self.ds) - 1)], float(i < len(self.ds))
+
+
+def prefetch_to_device(iterator: Iterator[dict], size: int = 2, sharding=None) -> Iterator[dict]:
+    """Keep `size` batches already on their way to the devices while the current one is used.
+
+    The copies are asynchronous, so the host-to-device transfer of the next batches overlaps the
+    running step instead of sitting in front of it. With a `sharding` (the data-parallel batch
+    sharding), each process's rows become one global array split over all devices.
     """
     import collections
     import itertools
@@ -122,9 +152,16 @@ def prefetch_to_device(iterator: Iterator[dict], size: int = 2) -> Iterator[dict
 
     queue: collections.deque = collections.deque()
 
+    def put(batch):
+        if sharding is None:
+            return jax.device_put(batch)
+        from ssm_lra.engine.distributed import to_global
+
+        return to_global(batch, sharding)
+
     def enqueue(n: int) -> None:
         for batch in itertools.islice(iterator, n):
-            queue.append(jax.device_put(batch))
+            queue.append(put(batch))
 
     enqueue(size)
     while queue:

@@ -2,7 +2,8 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, and deletes
 the previous one only after the new one is committed, so a crash during a save leaves the last
-good checkpoint loadable.
+good checkpoint loadable. Orbax's own step numbers here count saves (the same training step may
+be saved twice, e.g. before and after an evaluation); the training step is kept in the metadata.
 """
 
 from __future__ import annotations
@@ -23,22 +24,34 @@ class Checkpoints:
         self._managers = {kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS}
 
     def save(self, kind: str, step: int, state: Any, meta: dict) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._managers[kind].save(step, args=args, force=True)
-        self._managers[kind].wait_until_finished()
+        manager = self._managers[kind]
+        index = (manager.latest_step() or 0) + 1
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "step": step}))
+        manager.save(index, args=args, force=True)
+        manager.wait_until_finished()
 
     def latest_step(self, kind: str) -> int | None:
-        return self._managers[kind].latest_step()
+        """The training step of the newest `kind` checkpoint (None if there is none)."""
+        meta = self.meta(kind)
+        return None if meta is None else int(meta["step"])
+
+    def meta(self, kind: str) -> dict | None:
+        manager = self._managers[kind]
+        index = manager.latest_step()
+        if index is None:
+            return None
+        return dict(manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore(self, kind: str, like: Any) -> tuple[Any, dict]:
-        """Restore the newest checkpoint of `kind` into the structure of `like`; returns (state, meta)."""
+        """Restore the newest checkpoint of `kind` into the structure (and sharding) of `like`;
+        returns (state, meta)."""
         manager = self._managers[kind]
-        step = manager.latest_step()
-        if step is None:
+        index = manager.latest_step()
+        if index is None:
             raise FileNotFoundError(f"no '{kind}' checkpoint in {self.directory}")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        restored = manager.restore(step, args=args)
+        restored = manager.restore(index, args=args)
         return restored["state"], dict(restored["meta"])
 
     def close(self) -> None:

@@ -31,14 +31,21 @@ def _plain(value):
 
 
 class RunLogger:
-    """One place for everything a run reports: a JSON line per record, and W&B when it is on."""
+    """One place for everything a run reports: a JSON line per record, and W&B when it is on.
 
-    def __init__(self, run_dir: Path, logger_cfg: Mapping[str, Any], config: dict):
+    A resumed run passes the W&B run id it saved (`resume_id`) and continues that W&B run. In a
+    multi-host job only the first process reports (`enabled`); the others log nothing.
+    """
+
+    def __init__(
+        self, run_dir: Path, logger_cfg: Mapping[str, Any], config: dict, resume_id: str | None = None, enabled: bool = True
+    ):
         self.run_dir = Path(run_dir)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.enabled = enabled
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1) if enabled else None
         self._wandb = None
         self._wandb_step = 0
-        if logger_cfg.get("name", "wandb") == "wandb":
+        if enabled and logger_cfg.get("name", "wandb") == "wandb":
             mode = logger_cfg.get("mode", "offline")
             if mode not in WANDB_MODES:
                 raise ConfigError(f"logger.mode={mode!r} is not one of {list(WANDB_MODES)}.")
@@ -50,6 +57,8 @@ class RunLogger:
                 group=logger_cfg.get("group"),
                 tags=list(logger_cfg.get("tags") or []),
                 name=logger_cfg.get("run_name"),
+                id=resume_id,
+                resume="allow" if resume_id else None,
                 mode=mode,
                 dir=str(self.run_dir),
                 config=config,
@@ -61,6 +70,8 @@ class RunLogger:
         return None if self._wandb is None else self._wandb.id
 
     def log(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {k: _plain(v) for k, v in record.items()}
         self._metrics.write(json.dumps(record) + "\n")
         if self._wandb is not None:
@@ -73,13 +84,16 @@ class RunLogger:
             self._wandb.log(payload, step=self._wandb_step)
 
     def summary(self, summary: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         summary = {k: _plain(v) for k, v in summary.items()}
         atomic.write_json(self.run_dir / "summary.json", summary)
         if self._wandb is not None:
             self._wandb.summary.update(summary)
 
     def close(self) -> None:
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

@@ -21,30 +21,44 @@ from ssm_lra.data.pipeline import batches, num_batches, prefetch_to_device
 from ssm_lra.engine.checkpoint import Checkpoints
 from ssm_lra.engine.logging import RunLogger, progress_bar
 from ssm_lra.engine.steps import TrainState, make_eval_step, make_train_step
-from ssm_lra.errors import ConfigError
+from ssm_lra.errors import ConfigError, UserError
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after saving the latest checkpoint."""
+    """Training stopped on a signal after saving the latest checkpoint.
 
-    def __init__(self, signame: str, step: int):
-        super().__init__(f"{signame} at step {step}")
-        self.signame = signame
+    `previous_handler` is the handler that was installed before training took the signal over
+    (e.g. submitit's requeue handler); the caller passes the signal on to it once the run is closed.
+    """
+
+    def __init__(self, signum: int, step: int, previous_handler=None):
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"{self.signame} at step {step}")
+        self.signum = signum
         self.step = step
+        self.previous_handler = previous_handler
+
+
+class NonFiniteLoss(UserError):
+    """A step's loss or gradients were not finite and trainer.nonfinite says stop."""
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Turn the first Ctrl-C / SIGTERM into a request the loop honours between steps.
+def stop_on_signals(signals=STOP_SIGNALS):
+    """Turn the first Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2 into a request the loop honours between steps.
 
     Stopping between steps (not inside one) is what lets the loop save a consistent checkpoint;
-    a second signal falls through to the default behaviour, for users who really mean it.
+    a second signal falls through to the previous behaviour, for users who really mean it.
+    Yields a list that receives (signum, previous handler).
     """
-    requested: list[str] = []
+    requested: list[tuple[int, object]] = []
     previous = {}
 
     def handler(signum, frame):
-        requested.append(signal.Signals(signum).name)
+        requested.append((signum, previous.get(signum)))
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -96,16 +110,28 @@ class Progress:
     train_time_s: float = 0.0
     train_sequences: int = 0
     nonfinite_loss_steps: int = 0
+    elapsed_s: float = 0.0  # wall-clock seconds inside the training loop, over all sessions
+    eval_pending: bool = False  # stopped at a step whose evaluation had not run yet
+    wandb_run_id: str | None = None
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "Progress":
+        """From a checkpoint's metadata; fields that a newer or older version wrote are tolerated."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
 
 
-def evaluate(eval_step, state: TrainState, data: TaskData, split: str, trainer: Mapping[str, Any], bar=None) -> dict:
+def evaluate(
+    eval_step, state: TrainState, data: TaskData, split: str, trainer: Mapping[str, Any], bar=None, sharding=None
+) -> dict:
     batch_size = int(trainer["eval_batch_size"] or trainer["batch_size"])
     limit = trainer.get("limit_eval_batches")
     n = num_batches(len(data.splits[split]), batch_size, train=False)
     n = min(n, int(limit)) if limit else n
     task = bar.add_task(f"eval {split}", total=n, info="") if bar is not None else None
     totals = None
-    for batch in prefetch_to_device(batches(data.splits[split], data.spec, batch_size, train=False, limit=limit)):
+    local = batches(data.splits[split], data.spec, batch_size, train=False, limit=limit, **host_shard())
+    for batch in prefetch_to_device(local, sharding=sharding):
         out = eval_step(state, batch)
         totals = out if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, out)
         if bar is not None:
@@ -115,6 +141,23 @@ def evaluate(eval_step, state: TrainState, data: TaskData, split: str, trainer: 
         bar.remove_task(task)
     count = max(float(totals["count"]), 1.0)
     return {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count, "examples": int(totals["count"])}
+
+
+def host_shard() -> dict:
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
+@dataclasses.dataclass
+class CheckpointPolicy:
+    """When `latest` is saved besides every evaluation: every N steps and/or every M minutes."""
+
+    every_steps: int | None = None
+    every_minutes: float | None = None
+
+    def due(self, step: int, seconds_since_save: float) -> bool:
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and seconds_since_save >= 60.0 * self.every_minutes
 
 
 def fit(
@@ -129,22 +172,45 @@ def fit(
     schedule: Schedule,
     progress: Progress,
     console=None,
+    mesh=None,
 ) -> tuple[TrainState, Progress]:
-    """Train until schedule.total_steps; returns the final state and progress (best metrics inside)."""
-    train_step = make_train_step(model, tx)
+    """Train until schedule.total_steps; returns the final state and progress (best metrics inside).
+
+    Each step is followed, in this order, by: the epoch roll-over, a log record (every
+    trainer.log_every steps), an evaluation (saving `best` and `latest`), a periodic `latest`
+    save, and the reaction to a stop signal. A checkpoint thus always describes the position
+    after a whole step, and a resumed run repeats nothing and skips nothing.
+    """
+    from ssm_lra.engine.distributed import batch_sharded
+
+    sharding = batch_sharded(mesh) if mesh is not None else None
+    accumulate = int(trainer.get("accumulate_grad_batches") or 1)
+    train_step = make_train_step(model, tx, accumulate=accumulate)
     eval_step = make_eval_step(model)
     batch_size = int(trainer["batch_size"])
     log_every = max(int(trainer["log_every"]), 1)
     eval_every = trainer.get("eval_every_steps")
+    nonfinite_policy = trainer.get("nonfinite", "skip")
+    max_nonfinite = trainer.get("max_nonfinite_steps")
+    saving = CheckpointPolicy(trainer.get("checkpoint_every_steps"), trainer.get("checkpoint_every_minutes"))
     step = int(jax.device_get(state.step))
+    session_start = time.perf_counter()
+    elapsed_before = progress.elapsed_s
+    last_save = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - session_start
 
     def checkpoint(kind: str):
+        nonlocal last_save
+        progress.elapsed_s = elapsed()
         checkpoints.save(kind, step, state, dataclasses.asdict(progress))
+        last_save = time.perf_counter()
 
     def run_eval(bar):
         nonlocal progress
-        metrics = evaluate(eval_step, state, data, "validation", trainer, bar)
-        logger.log({"split": "validation", "step": step, "epoch": progress.epoch, **metrics})
+        metrics = evaluate(eval_step, state, data, "validation", trainer, bar, sharding)
+        logger.log({"split": "validation", "step": step, "epoch": progress.epoch, "time_s": elapsed(), **metrics})
         if metrics["accuracy"] > progress.best_val_accuracy:
             progress = dataclasses.replace(
                 progress, best_val_accuracy=float(metrics["accuracy"]), best_step=step, best_epoch=progress.epoch
@@ -153,61 +219,101 @@ def fit(
         checkpoint("latest")
         return metrics
 
+    def check_finite(host_metrics, first_step: int):
+        bad = [first_step + i for i, m in enumerate(host_metrics) if m["nonfinite"] > 0]
+        progress.nonfinite_loss_steps += len(bad)
+        too_many = max_nonfinite is not None and progress.nonfinite_loss_steps > int(max_nonfinite)
+        if bad and (nonfinite_policy == "stop" or too_many):
+            last = checkpoints.latest_step("latest")
+            where = f"{checkpoints.directory / 'latest'} (step {last})" if last is not None else "none saved yet"
+            reason = (
+                "trainer.nonfinite=stop" if nonfinite_policy == "stop"
+                else f"more than trainer.max_nonfinite_steps={max_nonfinite} such steps"
+            )
+            raise NonFiniteLoss(
+                f"non-finite loss or gradients at step {bad[0]} ({reason}); the updates of such steps were not "
+                f"applied. Last good checkpoint: {where}. Try a lower optimizer.lr or optimizer.grad_clip=1.0; "
+                "trainer.nonfinite=skip skips such steps and counts them."
+            )
+
+    def evaluate_and_show(bar, epoch_task):
+        progress.eval_pending = False
+        val = run_eval(bar)
+        bar.update(
+            epoch_task,
+            completed=progress.epoch,
+            info=f"val acc {val['accuracy']:.4f}  best {progress.best_val_accuracy:.4f}",
+        )
+
+    compiled = False
     with progress_bar(console) as bar, stop_on_signals() as stop_requested:
         epoch_task = bar.add_task("epochs", total=schedule.epochs, completed=progress.epoch, info="")
+        if progress.eval_pending:
+            evaluate_and_show(bar, epoch_task)
         while step < schedule.total_steps:
             remaining = schedule.total_steps - step
             start = progress.batch_in_epoch
             n_batches = min(schedule.steps_per_epoch - start, remaining)
             task = bar.add_task(f"epoch {progress.epoch + 1}", total=schedule.steps_per_epoch, completed=start, info="")
             window = []
+            window_start = step + 1
             timer = time.perf_counter()
             timed_steps = 0
             epoch_batches = batches(
                 data.splits["train"], data.spec, batch_size, train=True, seed=seed, epoch=progress.epoch,
-                start=start, limit=start + n_batches,
+                start=start, limit=start + n_batches, **host_shard(),
             )
-            for batch in prefetch_to_device(epoch_batches):
+            epoch_done = False
+            for batch in prefetch_to_device(epoch_batches, sharding=sharding):
                 state, metrics = train_step(state, batch)
                 step += 1
                 progress.batch_in_epoch += 1
                 window.append(metrics)
-                if step == 1:
-                    # The first step includes compilation: keep it out of the throughput.
+                if not compiled:
+                    # The first step of a session includes compilation: keep it out of the throughput.
                     jax.block_until_ready(metrics)
                     timer = time.perf_counter()
+                    compiled = True
                 else:
                     timed_steps += 1
-                if step % log_every == 0 or progress.batch_in_epoch == schedule.steps_per_epoch or step == schedule.total_steps:
+                epoch_done = progress.batch_in_epoch >= schedule.steps_per_epoch
+                last_step = step == schedule.total_steps
+                if step % log_every == 0 or epoch_done or last_step:
                     host = jax.device_get(window)
                     window = []
-                    record = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                    progress.nonfinite_loss_steps += int(sum(not np.isfinite(m["loss"]) for m in host))
-                    elapsed = time.perf_counter() - timer
-                    rate = timed_steps * batch_size / elapsed if elapsed > 0 and timed_steps else float("nan")
-                    logger.log({"split": "train", "step": step, "epoch": progress.epoch, "seq_per_s": rate, **record})
+                    check_finite(host, window_start)
+                    window_start = step + 1
+                    record = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "nonfinite"}
+                    elapsed_epoch = time.perf_counter() - timer
+                    rate = timed_steps * batch_size / elapsed_epoch if elapsed_epoch > 0 and timed_steps else float("nan")
+                    logger.log({
+                        "split": "train", "step": step, "epoch": progress.epoch, "time_s": elapsed(),
+                        "seq_per_s": rate, **record,
+                    })
                     bar.update(
                         task,
                         completed=progress.batch_in_epoch,
                         info=f"step {step}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  {rate:,.0f} seq/s",
                     )
-                if eval_every and step % int(eval_every) == 0 and step < schedule.total_steps:
-                    run_eval(bar)
+                if epoch_done:
+                    progress.train_time_s += time.perf_counter() - timer
+                    progress.train_sequences += timed_steps * batch_size
+                    progress = dataclasses.replace(progress, epoch=progress.epoch + 1, batch_in_epoch=0)
+                eval_due = (eval_every and step % int(eval_every) == 0) or (not eval_every and epoch_done) or last_step
                 if stop_requested:
-                    if progress.batch_in_epoch >= schedule.steps_per_epoch:
-                        progress = dataclasses.replace(progress, epoch=progress.epoch + 1, batch_in_epoch=0)
+                    # Leave at once (a preemption's grace time is short); the resumed run
+                    # evaluates first if this step's evaluation is owed.
+                    progress.eval_pending = bool(eval_due)
                     checkpoint("latest")
-                    raise Interrupted(stop_requested[0], step)
-            progress.train_time_s += time.perf_counter() - timer
-            progress.train_sequences += timed_steps * batch_size
+                    signum, previous = stop_requested[0]
+                    raise Interrupted(signum, step, previous)
+                if eval_due:
+                    evaluate_and_show(bar, epoch_task)
+                elif saving.due(step, time.perf_counter() - last_save):
+                    checkpoint("latest")
+            if not epoch_done:  # the run ended inside this epoch
+                progress.train_time_s += time.perf_counter() - timer
+                progress.train_sequences += timed_steps * batch_size
             bar.remove_task(task)
-            if progress.batch_in_epoch >= schedule.steps_per_epoch:
-                progress = dataclasses.replace(progress, epoch=progress.epoch + 1, batch_in_epoch=0)
-            if not eval_every or step == schedule.total_steps:
-                val = run_eval(bar)
-                bar.update(
-                    epoch_task,
-                    completed=progress.epoch,
-                    info=f"val acc {val['accuracy']:.4f}  best {progress.best_val_accuracy:.4f}",
-                )
+    progress.elapsed_s = elapsed()
     return state, progress

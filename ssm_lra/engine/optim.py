@@ -2,8 +2,20 @@
 
 - "ssm": the SSM's A, B and step size at their own (smaller) learning rate, no weight decay;
 - "no_decay": norms, biases and other vectors at the main learning rate, no weight decay;
-- "decay": every other weight matrix, AdamW with weight decay.
+- "decay": every other weight matrix, AdamW with weight decay;
+- "ssm_decay" (only when asked for): SSM parameters at the SSM learning rate *with* weight decay.
 Both learning rates follow the same warmup + cosine (or constant) schedule.
+
+Which parameters are "SSM parameters" is the mixer's `SSM_PARAM_NAMES` unless
+`optimizer.ssm_param_names` lists the leaf names itself, and `optimizer.decay_param_names` names
+leaves that take weight decay whatever their group or shape. Together they express the S5 run
+scripts' per-task `opt_config` and `dt_global` choices (S5's names: log_step is our log_dt):
+- standard: the defaults (B, Lambda, log_dt at ssm_lr, no decay; C at lr with decay);
+- BfastandCdecay (ListOps, Image): ssm_param_names [Lambda_re, Lambda_im, log_dt], so B joins the
+  weight matrices (main lr, weight decay);
+- BandCdecay (Path-X): decay_param_names [B], so B stays at ssm_lr but is decayed;
+- dt_global (Text, Retrieval): ssm_param_names [Lambda_re, Lambda_im, B] and decay_param_names
+  [log_dt], so the step trains at the main lr with weight decay.
 """
 
 from __future__ import annotations
@@ -18,17 +30,52 @@ from ssm_lra.errors import ConfigError
 SCHEDULES = ("cosine", "constant")
 
 
-def param_label(path: tuple, leaf: jax.Array, ssm_names: frozenset[str]) -> str:
-    name = getattr(path[-1], "key", str(path[-1]))
+GROUP_NAME_KEYS = ("ssm_param_names", "decay_param_names")
+
+
+def leaf_name(path: tuple) -> str:
+    return getattr(path[-1], "key", str(path[-1]))
+
+
+def param_label(
+    path: tuple, leaf: jax.Array, ssm_names: frozenset[str], decay_names: frozenset[str] = frozenset()
+) -> str:
+    name = leaf_name(path)
+    decayed = name in decay_names
     if name in ssm_names:
-        return "ssm"
-    if leaf.ndim <= 1:
+        return "ssm_decay" if decayed else "ssm"
+    if leaf.ndim <= 1 and not decayed:
         return "no_decay"
     return "decay"
 
 
-def param_labels(params, ssm_names: frozenset[str]):
-    return jax.tree_util.tree_map_with_path(lambda p, x: param_label(p, x, ssm_names), params)
+def param_labels(params, ssm_names: frozenset[str], decay_names: frozenset[str] = frozenset()):
+    return jax.tree_util.tree_map_with_path(lambda p, x: param_label(p, x, ssm_names, decay_names), params)
+
+
+def group_names(cfg: Mapping[str, Any], params, mixer_ssm_names: frozenset[str]) -> tuple[frozenset, frozenset]:
+    """(SSM names, decayed names) after optimizer.ssm_param_names / decay_param_names.
+
+    A listed name that no parameter carries is almost certainly a typo that would silently leave
+    the optimizer as it was, so it is an error that lists the names the model does have.
+    """
+    present = {leaf_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    chosen = {}
+    for key in GROUP_NAME_KEYS:
+        names = cfg.get(key)
+        if names is None:
+            chosen[key] = None
+            continue
+        names = frozenset(str(n) for n in names)
+        missing = sorted(names - present)
+        if missing:
+            raise ConfigError(
+                f"optimizer.{key} lists {missing}, but no parameter of this model has that name. "
+                f"Parameter names: {sorted(present)}."
+            )
+        chosen[key] = names
+    ssm_names = chosen["ssm_param_names"] if chosen["ssm_param_names"] is not None else mixer_ssm_names
+    return frozenset(ssm_names), chosen["decay_param_names"] or frozenset()
 
 
 def make_schedule(peak_lr: float, total_steps: int, warmup_steps: int, kind: str) -> optax.Schedule:
@@ -59,6 +106,15 @@ def validate_optimizer_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"optimizer.weight_decay must be >= 0, got {cfg['weight_decay']}.")
     if cfg.get("grad_clip") is not None and not cfg["grad_clip"] > 0:
         raise ConfigError("optimizer.grad_clip must be positive, or null to turn clipping off.")
+    for key in GROUP_NAME_KEYS:
+        names = cfg.get(key)
+        if names is None:
+            continue
+        if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__") or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                f"optimizer.{key} must be a list of parameter leaf names (e.g. [Lambda_re, Lambda_im, log_dt]) "
+                f"or null, got {names!r}."
+            )
 
 
 def build_optimizer(
@@ -72,12 +128,17 @@ def build_optimizer(
         schedule = make_schedule(lr, total_steps, warmup, cfg["schedule"])
         return optax.adamw(schedule, b1=b1, b2=b2, eps=cfg.get("eps", 1e-8), weight_decay=weight_decay)
 
+    ssm_names, decay_names = group_names(cfg, params, ssm_names)
+    labels = param_labels(params, ssm_names, decay_names)
     groups = {
         "ssm": adamw(cfg["ssm_lr"], cfg.get("ssm_weight_decay", 0.0)),
         "no_decay": adamw(cfg["lr"], 0.0),
         "decay": adamw(cfg["lr"], cfg["weight_decay"]),
     }
-    tx = optax.multi_transform(groups, param_labels(params, ssm_names))
+    # Only when used: the optimizer state (and so every checkpoint) keeps its old structure otherwise.
+    if "ssm_decay" in jax.tree_util.tree_leaves(labels):
+        groups["ssm_decay"] = adamw(cfg["ssm_lr"], cfg["weight_decay"])
+    tx = optax.multi_transform(groups, labels)
     if cfg.get("grad_clip") is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]), tx)
     return tx

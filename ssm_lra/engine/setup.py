@@ -40,23 +40,53 @@ def resolved_task_config(cfg: DictConfig) -> dict:
     return task_cfg
 
 
-def validate_trainer(trainer: dict) -> None:
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+def _positive_int_or_none(trainer: dict, key: str) -> None:
+    value = trainer.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"trainer.{key} must be a positive integer or null, got {value!r}.")
+
+
+def validate_trainer(trainer: dict, devices: int = 1, processes: int = 1) -> None:
+    """The trainer section, including that every batch splits evenly over the devices."""
+    from ssm_lra.engine.distributed import check_batch_sizes
+
     for key in ("batch_size", "log_every"):
-        if not isinstance(trainer[key], int) or trainer[key] < 1:
+        if not isinstance(trainer[key], int) or isinstance(trainer[key], bool) or trainer[key] < 1:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {trainer[key]!r}.")
+    for key in ("eval_batch_size", "max_steps", "eval_every_steps", "checkpoint_every_steps",
+                "limit_train_batches", "limit_eval_batches", "max_nonfinite_steps"):
+        _positive_int_or_none(trainer, key)
+    accumulate = trainer.get("accumulate_grad_batches") or 1
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}.")
+    if trainer.get("nonfinite", "skip") not in NONFINITE_POLICIES:
+        raise ConfigError(f"trainer.nonfinite={trainer['nonfinite']!r} is not one of {list(NONFINITE_POLICIES)}.")
+    minutes = trainer.get("checkpoint_every_minutes")
+    if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
+        raise ConfigError(f"trainer.checkpoint_every_minutes must be positive or null, got {minutes!r}.")
+    if trainer.get("multihost", "auto") not in ("auto", True, False):
+        raise ConfigError(f"trainer.multihost must be auto, true or false, got {trainer['multihost']!r}.")
+    eval_batch_size = trainer.get("eval_batch_size") or trainer["batch_size"]
+    check_batch_sizes(trainer["batch_size"], eval_batch_size, accumulate, devices, processes)
 
 
 def check_config(cfg: DictConfig) -> Plan:
+    """Everything the config alone decides, checked against the visible devices; raises ConfigError."""
     from ssm_lra.data.tasks import task_spec
     from ssm_lra.engine.optim import validate_optimizer_config
     from ssm_lra.model import build_model
 
+    import jax
+
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    validate_trainer(trainer)
+    validate_trainer(trainer, jax.device_count(), jax.process_count())
     validate_optimizer_config(cfg.optimizer)
     task_cfg = resolved_task_config(cfg)
     spec = task_spec(task_cfg)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec, trainer.get("precision", "float32"))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     return Plan(cfg=cfg, task=task_cfg, data=data_cfg, trainer=trainer, spec=spec, model=model)
 

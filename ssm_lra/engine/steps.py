@@ -56,10 +56,35 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
-    def loss_fn(params, state: TrainState, batch, dropout_rng):
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def micro_batches(batch: dict, k: int) -> dict:
+    """Split a batch (B, ...) into k micro-batches (k, B/k, ...): micro-batch j holds rows j, j+k, ...
+
+    Interleaved rather than contiguous rows, so that when the batch axis is sharded over devices
+    every device keeps contributing B/(k n) rows to every micro-batch and no data moves.
+    """
+
+    def split(x):
+        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accumulate: int = 1):
+    """The jitted step: forward, backward, optimizer update, on a batch (B, ...).
+
+    accumulate=k averages the gradients of k micro-batches of B/k (run one after another, so only
+    one micro-batch's activations are alive), which equals the gradient of the whole batch; batch
+    norm statistics are then those of each micro-batch, updated in turn. A step whose loss or
+    gradients are not finite changes nothing but the step counter, and reports `nonfinite` = 1.
+    """
+
+    def loss_fn(params, batch_stats, batch, dropout_rng):
         logits, updates = model.apply(
-            _variables(params, state.batch_stats),
+            _variables(params, batch_stats),
             batch["inputs"],
             batch["mask"],
             train=True,
@@ -67,21 +92,54 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
             mutable=["batch_stats"],
         )
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates.get("batch_stats", {}))
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return loss, (accuracy, updates.get("batch_stats", {}))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def gradients(state: TrainState, batch, dropout_rng):
+        if accumulate == 1:
+            (loss, (accuracy, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, dropout_rng)
+            return loss, accuracy, batch_stats, grads
+
+        def one(carry, xs):
+            batch_stats, grad_sum, loss_sum, accuracy_sum = carry
+            micro, index = xs
+            (loss, (accuracy, batch_stats)), grads = grad_fn(
+                state.params, batch_stats, micro, jax.random.fold_in(dropout_rng, index)
+            )
+            grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+            return (batch_stats, grad_sum, loss_sum + loss, accuracy_sum + accuracy), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        init = (state.batch_stats, zeros, jnp.zeros(()), jnp.zeros(()))
+        xs = (micro_batches(batch, accumulate), jnp.arange(accumulate))
+        (batch_stats, grad_sum, loss_sum, accuracy_sum), _ = jax.lax.scan(one, init, xs)
+        grads = jax.tree_util.tree_map(lambda g: g / accumulate, grad_sum)
+        return loss_sum / accumulate, accuracy_sum / accumulate, batch_stats, grads
 
     def train_step(state: TrainState, batch):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state, batch, dropout_rng
-        )
+        loss, accuracy, batch_stats, grads = gradients(state, batch, dropout_rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & all_finite(grads)
+
+        def guarded(new, old):
+            return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": accuracy,
             "grad_norm": optax.tree.norm(grads),
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
         }
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=guarded(params, state.params),
+            batch_stats=guarded(batch_stats, state.batch_stats),
+            opt_state=guarded(opt_state, state.opt_state),
+        )
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)
