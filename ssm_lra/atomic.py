@@ -1,6 +1,8 @@
 """Atomic file writes: write a temporary file beside the target, then rename it over the target.
 
 A reader (or a crashed run's successor) sees the old file or the new one, never half of one.
+`exclusive` serializes work that several processes may start at once (runs of a sweep preparing
+the same cached dataset).
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def exclusive(path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) for the block; other
+    processes asking for the same lock wait. The lock goes with the process if it dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

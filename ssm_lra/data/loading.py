@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ssm_lra import atomic
 from ssm_lra.data.tasks import TaskSpec, task_spec
 from ssm_lra.errors import DataError
 
@@ -147,18 +148,22 @@ def generated_dir(cache_dir: Path, task: str, params: Mapping[str, Any]) -> Path
 def generate(spec: TaskSpec, task_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> Path:
     """Generate (once) the synthetic task into the cache; returns the folder the loader reads."""
     params = dict(task_cfg["generate"])
-    out = generated_dir(Path(data_cfg["cache_dir"]).expanduser(), spec.name, params)
+    cache_dir = Path(data_cfg["cache_dir"]).expanduser()
+    out = generated_dir(cache_dir, spec.name, params)
     workers = int(data_cfg.get("workers") or 1)
-    if spec.name == "listops":
-        from ssm_lra.data.listops import ensure_listops
+    # Runs of a sweep may start together: one generates, the others wait and then reuse it.
+    with atomic.exclusive(cache_dir / "locks" / f"generated-{out.name}.lock"):
+        if spec.name == "listops":
+            from ssm_lra.data.listops import ensure_listops
 
-        num, seed = params.pop("num"), params.pop("seed")
-        return ensure_listops(out, num=num, seed=seed, workers=workers, **params)
-    from ssm_lra.data.pathfinder import ensure_pathfinder
+            num, seed = params.pop("num"), params.pop("seed")
+            return ensure_listops(out, num=num, seed=seed, workers=workers, **params)
+        from ssm_lra.data.pathfinder import ensure_pathfinder
 
-    return ensure_pathfinder(
-        out, int(task_cfg["resolution"]), int(task_cfg["contour_length"]), params["num"], params["seed"], workers=workers
-    )
+        return ensure_pathfinder(
+            out, int(task_cfg["resolution"]), int(task_cfg["contour_length"]), params["num"], params["seed"],
+            workers=workers,
+        )
 
 
 def locate(spec: TaskSpec, task_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> Path:

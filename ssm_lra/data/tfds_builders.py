@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from rich.progress import track
 
+from ssm_lra import atomic
 from ssm_lra.errors import DataError
 
 # Bump when what the builders write changes, so caches made by older code are not reused.
@@ -215,13 +216,20 @@ def prepare(
         key = fingerprint(source_files, extra, root=source.folder)
     data_dir = Path(cache_dir) / "tfds" / f"{task}-{key}"
     kwargs = {} if source is None else {"source": source, "options": options}
-    builder = builder_class(task)(source_dir=source_dir, data_dir=str(data_dir), file_format="array_record", **kwargs)
+    def make_builder():
+        return builder_class(task)(source_dir=source_dir, data_dir=str(data_dir), file_format="array_record", **kwargs)
+
+    builder = make_builder()
     if not builder.is_prepared():
-        what = source_dir if source is None else source.describe()
-        print(f"Preparing {task} from {what} into {data_dir} (once; later runs reuse it).", flush=True)
-        # TFDS prints its own progress bars; keep its chatty stdout lines out of the run log.
-        with contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare()
+        # Runs of a sweep may start together: one prepares, the others wait and then reuse it.
+        with atomic.exclusive(Path(cache_dir) / "locks" / f"tfds-{task}-{key}.lock"):
+            builder = make_builder()
+            if not builder.is_prepared():
+                what = source_dir if source is None else source.describe()
+                print(f"Preparing {task} from {what} into {data_dir} (once; later runs reuse it).", flush=True)
+                # TFDS prints its own progress bars; keep its chatty stdout lines out of the run log.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    builder.download_and_prepare()
     return builder.as_data_source()
 
 

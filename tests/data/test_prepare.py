@@ -29,3 +29,20 @@ def test_cache_reused_then_rebuilt_on_change(tmp_path):
     changed = load_task_data(task, data)
     assert len(changed.splits["train"]) == 4
     assert len(list((cache / "tfds").iterdir())) == 2  # a new dataset for the new source
+
+
+def _load_in_subprocess(args):
+    task, data = args
+    return len(load_task_data(task, data).splits["train"])
+
+
+def test_runs_starting_together_prepare_the_dataset_once(tmp_path):
+    """A sweep's jobs share the cache: concurrent first runs must not trip over each other."""
+    import multiprocessing
+
+    source, cache = tmp_path / "listops-1000", tmp_path / "cache"
+    write_split_files(source, ROWS)
+    task, data = {"name": "listops", "seq_len": 32}, {"root": str(tmp_path), "cache_dir": str(cache)}
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_load_in_subprocess, [(task, data)] * 3) == [3, 3, 3]
+    assert len(list((cache / "tfds").iterdir())) == 1
