@@ -198,6 +198,11 @@ def run(cfg: DictConfig) -> dict:
             "wandb_run_id": logger.wandb_run_id,
         }
         logger.summary(summary)
+        figures = cfg.logger.get("figures", "none")
+        if logger.wandb_run is not None and figures != "none":
+            from ssm_lra.plot_runs import log_figures_to_wandb
+
+            log_figures_to_wandb(run_dir, logger.wandb_run, kernels=figures == "all")
     finally:
         logger.close()
         checkpoints.close()
@@ -248,6 +253,19 @@ def after_interruption(e, run_dir: str, requeue: bool) -> int:
     return 128 + e.signum
 
 
+def out_of_memory_message(error: Exception, cfg: DictConfig) -> str:
+    """What to change when a step does not fit on the device, with XLA's own first line."""
+    first = next((line for line in str(error).splitlines() if "RESOURCE_EXHAUSTED" in line), str(error)[:300])
+    batch = cfg.trainer.batch_size
+    hints = [
+        f"trainer.accumulate_grad_batches=2 (the same batch of {batch} as 2 micro-batches: same gradient, about half the activations)",
+        "trainer.precision=bfloat16 (dense layers in bfloat16)",
+    ]
+    if cfg.model.name == "mamba":
+        hints.append("a smaller model.mixer.chunk_size")
+    return f"out of device memory: {first.strip()}\nThe training step does not fit on the device. Try " + "; or ".join(hints) + "."
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from ssm_lra.engine.loop import Interrupted, NonFiniteLoss
@@ -262,6 +280,11 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except Interrupted as e:
         sys.exit(after_interruption(e, HydraConfig.get().runtime.output_dir, bool(cfg.trainer.get("requeue", True))))
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"error: {out_of_memory_message(e, cfg)}", file=sys.stderr, flush=True)
+        sys.exit(4)
 
 
 def cli() -> None:

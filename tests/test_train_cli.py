@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.trained_run import shared_multirun
+
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {
     "model": str,
@@ -75,6 +77,7 @@ def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
     # W&B ran offline (no account, no network), with a run that can be synced later.
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline and summary["wandb_run_id"] in offline[0].name
+    assert list((run_dir / "figures").glob("*.png"))  # learning curves drawn and logged (logger.figures=curves)
     assert "Traceback" not in result.stderr
     assert "Tried to log to step" not in result.stdout + result.stderr  # W&B steps stay monotonic
 
@@ -88,10 +91,8 @@ def test_help_and_cfg_job(cache_dir, tmp_path):
     assert cfg.returncode == 0 and "epochs: 3" in cfg.stdout and "d_state: 64" in cfg.stdout
 
 
-def test_multirun_over_seeds(cache_dir, tmp_path):
-    sweep = tmp_path / "sweep"
-    result = train(["-m", "seed=0,1", "trainer=smoke", "logger=none", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_multirun_over_seeds(tmp_path_factory):
+    sweep = shared_multirun(tmp_path_factory)
     summaries = [check_summary(p.parent) for p in sorted(sweep.glob("*/summary.json"))]
     assert len(summaries) == 2 and {s["seed"] for s in summaries} == {0, 1}
 

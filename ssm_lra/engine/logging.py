@@ -66,6 +66,11 @@ class RunLogger:
             )
 
     @property
+    def wandb_run(self):
+        """The live W&B run (None when W&B is off)."""
+        return self._wandb
+
+    @property
     def wandb_run_id(self) -> str | None:
         return None if self._wandb is None else self._wandb.id
 

@@ -269,3 +269,15 @@ def test_requeue_asks_scontrol_for_this_job(monkeypatch):
     assert train.requeue_slurm_job({"SLURM_JOB_ID": "42"}) and calls == [["scontrol", "requeue", "42"]]
     assert train.requeue_slurm_job({"SLURM_JOB_ID": "42", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "2"})
     assert calls[-1] == ["scontrol", "requeue", "40_2"]
+
+
+def test_out_of_memory_names_the_settings_that_help():
+    from omegaconf import OmegaConf
+
+    from ssm_lra.train import out_of_memory_message
+
+    error = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 44.48GiB\nmore detail")
+    cfg = OmegaConf.create({"trainer": {"batch_size": 32}, "model": {"name": "mamba"}})
+    message = out_of_memory_message(error, cfg)
+    assert "allocate 44.48GiB" in message and "more detail" not in message
+    assert "trainer.accumulate_grad_batches=2" in message and "model.mixer.chunk_size" in message

@@ -90,3 +90,92 @@ def test_warmup_cosine_schedule():
 def test_bad_optimizer_config(key, value):
     with pytest.raises(ConfigError, match=f"optimizer.{key}"):
         build_optimizer({**OPT, key: value}, {"w": jnp.ones(2)}, frozenset(), 10, 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer.ssm_param_names / decay_param_names: the S5 scripts' per-task parameter groups.
+
+
+def s5_like_params():
+    """Leaves named as S5's, with S5's ranks (B and C are (P, H, 2) / (H, P, 2) real pairs)."""
+    return {
+        "mixer": {
+            "Lambda_re": jnp.full((4,), -0.5), "Lambda_im": jnp.arange(4.0), "log_dt": jnp.full((4,), -3.0),
+            "B": jnp.full((4, 3, 2), 0.7), "C": jnp.full((3, 4, 2), 0.3), "D": jnp.ones(3),
+        },
+        "dense": {"kernel": jnp.full((3, 3), 0.2), "bias": jnp.zeros(3)},
+    }
+
+
+S5_NAMES = frozenset({"Lambda_re", "Lambda_im", "B", "log_dt"})
+
+
+def labels_by_name(params, cfg):
+    from ssm_lra.engine.optim import group_names
+
+    ssm, decay = group_names(cfg, params, S5_NAMES)
+    return {path[-1].key: label for path, label in jax.tree_util.tree_leaves_with_path(param_labels(params, ssm, decay))}
+
+
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        ({}, {"B": "ssm", "log_dt": "ssm", "Lambda_re": "ssm", "C": "decay", "D": "no_decay", "bias": "no_decay"}),
+        # BfastandCdecay: B joins the weight matrices.
+        ({"ssm_param_names": ["Lambda_re", "Lambda_im", "log_dt"]}, {"B": "decay", "log_dt": "ssm", "C": "decay"}),
+        # BandCdecay: B keeps the SSM lr but is decayed.
+        ({"decay_param_names": ["B"]}, {"B": "ssm_decay", "log_dt": "ssm", "C": "decay"}),
+        # dt_global: the step trains at the main lr with weight decay although it is a vector.
+        ({"ssm_param_names": ["Lambda_re", "Lambda_im", "B"], "decay_param_names": ["log_dt"]},
+         {"B": "ssm", "log_dt": "decay", "D": "no_decay"}),
+    ],
+)
+def test_group_options_place_parameters(options, expected):
+    labels = labels_by_name(s5_like_params(), {**OPT, **options})
+    for name, label in expected.items():
+        assert labels[name] == label, (name, labels[name], label)
+
+
+def test_group_options_set_each_groups_lr_and_decay():
+    """Zero gradients isolate weight decay (update = -lr * wd * p), unit gradients the lr, per group."""
+    params = s5_like_params()
+    opt = {**OPT, "ssm_param_names": ["Lambda_re", "Lambda_im", "log_dt"], "decay_param_names": ["log_dt"]}
+    tx = build_optimizer(opt, params, S5_NAMES, total_steps=10, steps_per_epoch=10)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    m = updates["mixer"]
+    np.testing.assert_allclose(m["B"], -OPT["lr"] * OPT["weight_decay"] * params["mixer"]["B"], rtol=1e-5)  # main lr, decayed
+    np.testing.assert_allclose(m["log_dt"], -OPT["ssm_lr"] * OPT["weight_decay"] * params["mixer"]["log_dt"], rtol=1e-5)
+    np.testing.assert_allclose(m["Lambda_re"], 0.0, atol=1e-12)  # SSM group: no decay
+    ones = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = tx.update(ones, tx.init(params), params)
+    m = updates["mixer"]
+    # Adam's first step moves each weight by lr (sign of the gradient), plus the decay term.
+    np.testing.assert_allclose(m["Lambda_re"], -OPT["ssm_lr"], rtol=1e-4)
+    np.testing.assert_allclose(
+        m["log_dt"], -OPT["ssm_lr"] * (1 + OPT["weight_decay"] * params["mixer"]["log_dt"]), rtol=1e-4
+    )
+    np.testing.assert_allclose(m["B"], -OPT["lr"] * (1 + OPT["weight_decay"] * params["mixer"]["B"]), rtol=1e-4)
+
+
+def test_default_options_keep_the_optimizer_state_structure():
+    """Without the options, no fourth group: checkpoints written before them still restore."""
+    params = s5_like_params()
+    plain = build_optimizer(OPT, params, S5_NAMES, 10, 10).init(params)
+    explicit_null = build_optimizer({**OPT, "ssm_param_names": None, "decay_param_names": []}, params, S5_NAMES, 10, 10).init(params)
+    assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(explicit_null)
+    assert set(plain.inner_states) == {"ssm", "no_decay", "decay"}
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"ssm_param_names": ["Lambda_re", "Bx"]}, r"optimizer.ssm_param_names lists \['Bx'\]"),
+        ({"decay_param_names": ["nope"]}, r"optimizer.decay_param_names lists \['nope'\]"),
+        ({"ssm_param_names": "B"}, "optimizer.ssm_param_names must be a list"),
+        ({"decay_param_names": [1]}, "optimizer.decay_param_names must be a list"),
+    ],
+)
+def test_bad_group_options_are_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match):
+        build_optimizer({**OPT, **options}, s5_like_params(), S5_NAMES, 10, 10)
