@@ -1,0 +1,5 @@
+import sys
+
+from ssm_lra.bench.cli import main
+
+sys.exit(main())

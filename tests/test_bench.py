@@ -1,0 +1,222 @@
+"""The benchmark tooling: roofline arithmetic on known numbers, experiment selection, how rows
+of failed workers read, the time-to-accuracy bookkeeping, and one end-to-end CPU run of
+`python -m ssm_lra.bench` at smoke size."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssm_lra.bench import cli, report
+from ssm_lra.bench import roofline as rl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tta():
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "scripts" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------
+# Roofline arithmetic.
+
+
+def test_roofline_compute_bound():
+    # 2 TFLOP at 1 TFLOP/s = 2 s; 1 GB at 1 GB/s = 1 s: compute-bound, 2 s, 2000 FLOP/byte.
+    r = rl.roofline(2e12, 1e9, 1e12, 1e9)
+    assert r["compute_s"] == pytest.approx(2.0)
+    assert r["memory_s"] == pytest.approx(1.0)
+    assert r["time_s"] == pytest.approx(2.0)
+    assert r["bound"] == "compute"
+    assert r["intensity_flops_per_byte"] == pytest.approx(2000.0)
+
+
+def test_roofline_memory_bound_and_fraction():
+    # An H200-like device: 4.3e12 B/s, 50e12 FLOP/s; 8.6 GB and 1 GFLOP: 2 ms of memory traffic.
+    r = rl.roofline(1e9, 8.6e9, 50e12, 4.3e12)
+    assert r["bound"] == "memory"
+    assert r["time_s"] == pytest.approx(2e-3)
+    assert rl.achieved_fraction(r["time_s"], 8e-3) == pytest.approx(0.25)
+
+
+def test_roofline_rejects_bad_rates():
+    with pytest.raises(ValueError):
+        rl.roofline(1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        rl.achieved_fraction(1.0, 0.0)
+
+
+def test_compulsory_layer_bytes():
+    # B=2, L=3, H=4: four (B, L, H) float32 tensors = 4 * 24 * 4 B, mask 6 * 4 B, params 10 read + written.
+    assert rl.compulsory_layer_bytes(2, 3, 4, 10) == 4 * 96 + 24 + 80
+
+
+def test_summarize_times_known_numbers():
+    s = rl.summarize_times([float(i) for i in range(1, 12)])  # 1 .. 11
+    assert s["median"] == 6.0 and s["p10"] == pytest.approx(2.0) and s["p90"] == pytest.approx(10.0)
+    assert s["min"] == 1.0 and s["max"] == 11.0 and s["n"] == 11 and s["mean"] == 6.0
+
+
+def test_read_cost_analysis_dict_list_and_missing():
+    assert rl.read_cost_analysis({"flops": 10.0, "bytes accessed": 5.0})["flops"] == 10.0
+    summed = rl.read_cost_analysis([{"flops": 1.0, "bytes accessed": 2.0}, {"flops": 3.0}])
+    assert summed == {"flops": 4.0, "bytes_accessed": 2.0, "transcendentals": None}
+    assert rl.read_cost_analysis(None) == {"flops": None, "bytes_accessed": None, "transcendentals": None}
+
+
+def test_hlo_has_loops():
+    assert rl.hlo_has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
+    assert not rl.hlo_has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment selection and rows.
+
+AVAILABLE = ["mamba/listops", "s4d/listops", "s4d/pathx", "s5/listops", "s5/pathfinder"]
+
+
+def test_select_explicit_and_unknown():
+    assert cli.select_experiments(AVAILABLE, ["s5/listops", "s4d/pathx"], [], []) == (["s5/listops", "s4d/pathx"], [])
+    with pytest.raises(cli.BenchError, match="s4d/text"):
+        cli.select_experiments(AVAILABLE, ["s4d/text"], [], [])
+    with pytest.raises(cli.BenchError):
+        cli.select_experiments(AVAILABLE, ["s5/listops"], ["s5"], [])
+
+
+def test_select_cross_product_keeps_what_exists():
+    selected, missing = cli.select_experiments(AVAILABLE, [], ["s5", "mamba"], ["listops", "pathx"])
+    assert selected == ["s5/listops", "mamba/listops"]
+    assert missing == ["s5/pathx", "mamba/pathx"]
+    with pytest.raises(cli.BenchError, match="nosuchmodel"):
+        cli.select_experiments(AVAILABLE, [], ["nosuchmodel"], [])
+
+
+def test_select_defaults_cheap_tasks_first():
+    selected, missing = cli.select_experiments(AVAILABLE, [], [], [])
+    assert selected == ["mamba/listops", "s4d/listops", "s5/listops", "s5/pathfinder", "s4d/pathx"]
+    assert missing == []
+
+
+def test_experiment_overrides_order():
+    out = cli.experiment_overrides(True, 7, ["model.d_model=32"])
+    assert out[: len(cli.SMOKE_OVERRIDES)] == list(cli.SMOKE_OVERRIDES)
+    assert out[-2:] == ["trainer.batch_size=7", "model.d_model=32"]  # the user's come last and win
+
+
+def test_finish_row_of_failed_workers():
+    # Nothing written: the worker died before composing the config.
+    row = cli.finish_row("s5/listops", None, "Traceback ...", "worker exited with code 1")
+    assert row["status"] == "crashed" and "Traceback" in row["error"]
+    # Killed during the step.
+    row = cli.finish_row("s5/pathx", {"experiment": "s5/pathx", "status": "running"}, "", "timeout after 150 s")
+    assert row["status"] == "timeout"
+    # The step finished, the layer did not.
+    done = {"experiment": "s5/pathx", "status": "ok", "step": {"params": 1}}
+    row = cli.finish_row("s5/pathx", done, "", "killed by signal 9 (host out of memory?)")
+    assert row["status"] == "ok" and row["layer_status"] == "crashed"
+    # A worker that recorded an OOM itself and ended normally is left as it said.
+    oom = {"experiment": "mamba/pathx", "status": "OOM", "error": "RESOURCE_EXHAUSTED", "layer_status": "ok"}
+    assert cli.finish_row("mamba/pathx", dict(oom), "", None) == oom
+
+
+def test_failure_status_recognizes_oom():
+    from ssm_lra.bench.worker import failure_status
+    from ssm_lra.errors import ConfigError
+
+    assert failure_status(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")) == "OOM"
+    assert failure_status(ValueError("shapes do not match")) == "failed"
+    assert failure_status(ConfigError("bad")) == "config error"
+
+
+def test_device_slug():
+    assert report.device_slug("NVIDIA H200") == "nvidia-h200"
+    assert report.device_slug(None) == "unknown-device"
+
+
+def test_cli_rejects_unknown_experiment():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssm_lra.bench", "--experiments", "nosuch/listops"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no experiment preset nosuch/listops")
+
+
+# ----------------------------------------------------------------------------------------------
+# Time to accuracy.
+
+
+def test_tta_split_lines_keeps_partial_record():
+    tta = load_tta()
+    lines, rest = tta.split_lines("", '{"a": 1}\n{"b"')
+    assert lines == ['{"a": 1}'] and rest == '{"b"'
+    lines, rest = tta.split_lines(rest, ': 2}\n')
+    assert lines == ['{"b": 2}'] and rest == ""
+
+
+def test_tta_summarize_run():
+    tta = load_tta()
+    seen = [
+        ({"split": "train", "step": 50, "loss": 0.7}, 30.0),
+        ({"split": "validation", "step": 500, "accuracy": 0.6}, 120.0),
+        ({"split": "validation", "step": 1000, "accuracy": 0.81}, 240.0),
+    ]
+    row = tta.summarize_run(seen, 0.8, "target", None)
+    assert row["status"] == "reached" and row["minutes_to_target"] == pytest.approx(4.0)
+    assert row["minutes_to_target_from_process_start"] == pytest.approx(4.0)
+    assert row["step_at_target"] == 1000 and row["first_train_record_seen_s"] == 30.0
+    assert row["timing_source"].startswith("seen")
+    # The engine's own time_s is the primary figure; when the record was seen is kept beside it.
+    timed = [({"split": "validation", "step": 500, "accuracy": 0.9, "time_s": 60.0}, 90.0)]
+    row = tta.summarize_run(timed, 0.8, "target", None)
+    assert row["minutes_to_target"] == pytest.approx(1.0) and row["timing_source"].startswith("record time_s")
+    assert row["minutes_to_target_from_process_start"] == pytest.approx(1.5)
+    assert tta.summarize_run(seen[:2], 0.8, "time limit", None)["status"] == "not reached (time limit)"
+    assert tta.summarize_run(seen[:2], 0.8, None, 0)["status"] == "not reached (training ended)"
+    assert tta.summarize_run([], 0.8, None, 1)["status"] == "failed (exit code 1)"
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on CPU.
+
+
+def test_bench_smoke_end_to_end(tmp_path):
+    cmd = [
+        sys.executable, "-m", "ssm_lra.bench", "--smoke", "--experiments", "s4d/listops,s5/listops",
+        "--steps", "3", "--warmup", "1", "--out", str(tmp_path), "--name", "smoke",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    md = (tmp_path / "smoke.md").read_text()
+
+    env = doc["environment"]
+    assert env["platform"] == "cpu" and env["jax_version"] and env["flax_version"] and env["python_version"]
+    assert env["ceilings"]["bandwidth"]["bytes_per_s"] > 0
+    assert all(env["ceilings"][k]["flops_per_s"] > 0 for k in ("matmul_f32_default", "matmul_f32_highest", "matmul_bf16"))
+    assert doc["command"].startswith("python -m ssm_lra.bench --smoke")
+    assert [r["experiment"] for r in doc["rows"]] == ["s4d/listops", "s5/listops"]
+    for row in doc["rows"]:
+        assert row["status"] == "ok" and row["layer_status"] == "ok", row
+        assert (row["batch_size"], row["seq_len"], row["d_model"], row["n_layers"]) == (4, 64, 16, 1)
+        step = row["step"]
+        assert step["params"] > 0 and step["compile_s"] > 0 and step["loss_finite"]
+        times = step["step_s"]
+        assert times["n"] == 3 and 0 < times["min"] <= times["p10"] <= times["median"] <= times["p90"] <= times["max"]
+        assert step["seq_per_s"] == pytest.approx(4 / times["median"])
+        assert step["tokens_per_s"] == pytest.approx(4 * 64 / times["median"])
+        assert step["step_cost"]["flops"] > 0
+        layer = row["layer"]
+        assert layer["xla"]["flops"] > 0 and layer["xla"]["bytes_accessed"] > 0
+        assert 0 < layer["params"] < step["params"]
+        assert layer["roofline"]["time_s"] > 0 and layer["roofline"]["achieved_fraction"] > 0
+        assert layer["roofline"]["achieved_fraction"] == pytest.approx(
+            layer["roofline"]["time_s"] / layer["measured_s"]["median"]
+        )
+        assert row["experiment"] in md
+    assert "Command:" in md and "Measured ceilings" in md and env["jax_version"] in md
