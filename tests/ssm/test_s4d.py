@@ -6,7 +6,6 @@ definitions, O(L^2) convolutions and step-by-step recurrences.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
