@@ -307,10 +307,12 @@ def fit(
                     checkpoint("latest")
                     signum, previous = stop_requested[0]
                     raise Interrupted(signum, step, previous)
+                paused = time.perf_counter()
                 if eval_due:
                     evaluate_and_show(bar, epoch_task)
                 elif saving.due(step, time.perf_counter() - last_save):
                     checkpoint("latest")
+                timer += time.perf_counter() - paused  # throughput counts training time only
             if not epoch_done:  # the run ended inside this epoch
                 progress.train_time_s += time.perf_counter() - timer
                 progress.train_sequences += timed_steps * batch_size
