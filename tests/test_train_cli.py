@@ -116,6 +116,8 @@ def write_listops(folder: Path, bad_line: str | None = None):
         (["trainer=smoke", "+model.mixer.colour=red"], "unknown key(s) ['colour']", 2),
         (["trainer=smoke", "trainer.batch_size=0"], "trainer.batch_size must be a positive integer", 2),
         (["trainer=smoke", "optimizer.schedule=linear"], "optimizer.schedule", 2),
+        (["trainer=smoke", "+trainer.bach_size=4"], "unknown key(s) ['bach_size'] in trainer", 2),
+        (["trainer=smoke", "trainer.batch_size=6", "trainer.accumulate_grad_batches=4"], "not divisible", 2),
     ],
 )
 def test_bad_input_is_one_clear_error(args, message, code, cache_dir, tmp_path):

@@ -49,9 +49,26 @@ def _positive_int_or_none(trainer: dict, key: str) -> None:
         raise ConfigError(f"trainer.{key} must be a positive integer or null, got {value!r}.")
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def check_known_keys(section: str, given: dict, defaults_file: Path) -> None:
+    """Keys added with `+section.key=...` that the code never reads (typos) are an error, not ignored.
+
+    The defaults file of the group is the one list of valid keys."""
+    if not defaults_file.is_file():
+        return
+    known = set(OmegaConf.to_container(OmegaConf.load(defaults_file)))
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {section}; valid keys: {', '.join(sorted(known))}.")
+
+
 def validate_trainer(trainer: dict, devices: int = 1, processes: int = 1) -> None:
     """The trainer section, including that every batch splits evenly over the devices."""
     from ssm_lra.engine.distributed import check_batch_sizes
+
+    check_known_keys("trainer", trainer, CONF_DIR / "trainer" / "default.yaml")
 
     for key in ("batch_size", "log_every"):
         if not isinstance(trainer[key], int) or isinstance(trainer[key], bool) or trainer[key] < 1:
@@ -84,6 +101,8 @@ def check_config(cfg: DictConfig) -> Plan:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     validate_trainer(trainer, jax.device_count(), jax.process_count())
     validate_optimizer_config(cfg.optimizer)
+    check_known_keys("optimizer", dict(cfg.optimizer), CONF_DIR / "optimizer" / f"{cfg.optimizer.name}.yaml")
+    check_known_keys("model", dict(cfg.model), CONF_DIR / "model" / f"{cfg.model.name}.yaml")
     task_cfg = resolved_task_config(cfg)
     spec = task_spec(task_cfg)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec, trainer.get("precision", "float32"))
