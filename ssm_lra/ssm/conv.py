@@ -6,6 +6,8 @@ are (H, L) (time last, as the Vandermonde product produces them).
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 
 __all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel"]
@@ -27,10 +29,25 @@ def vandermonde_kernel(Abar, CB, L: int, log_Abar=None):
     """
     if log_Abar is None:
         log_Abar = jnp.log(Abar)
-    l = jnp.arange(L, dtype=jnp.real(log_Abar).dtype)
-    powers = jnp.exp(log_Abar[..., None] * l)  # (..., N, L)
-    K = jnp.einsum("...n,...nl->...l", CB, powers)
+    # Blocked powers: with l = q T + r, Abar^l = Abar^(qT) Abar^r, so the kernel is one batched
+    # matmul of (Q, N) by (N, T) per channel. Only (N, Q) and (N, T) powers are formed instead of
+    # the (N, L) Vandermonde matrix, which at Path-X length is a gigabyte per layer (and its
+    # gradient another).
+    T = block_length(L)
+    Q = -(-L // T)
+    real = jnp.real(log_Abar).dtype
+    low = jnp.exp(log_Abar[..., None] * jnp.arange(T, dtype=real))  # (..., N, T)
+    high = jnp.exp(log_Abar[..., None] * (T * jnp.arange(Q, dtype=real)))  # (..., N, Q)
+    weighted = jnp.swapaxes(CB[..., None] * high, -1, -2)  # (..., Q, N)
+    K = jnp.matmul(weighted, low)  # (..., Q, T)
+    K = K.reshape(K.shape[:-2] + (Q * T,))[..., :L]
     return 2.0 * K.real
+
+
+def block_length(L: int) -> int:
+    """The power of two nearest sqrt(L) from above: the inner block of the blocked Vandermonde
+    product, which keeps both factors (N x L/T and N x T) small."""
+    return 1 << max(0, math.ceil(math.log2(max(L, 1)) / 2))
 
 
 def fft_length(L: int) -> int:

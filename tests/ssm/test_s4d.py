@@ -283,7 +283,7 @@ def test_zoh_small_step_keeps_digits():
 # Kernels and convolutions
 
 
-@pytest.mark.parametrize("L", [1, 7, 33])
+@pytest.mark.parametrize("L", [1, 7, 33, 64, 1000])
 def test_vandermonde_kernel_matches_powers(L):
     rng = np.random.default_rng(L)
     ch, H, N2 = 2, 3, 5
