@@ -15,7 +15,26 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import flax.linen as nn
+
 from ssm_lra.errors import ConfigError
+
+
+class Mixer(nn.Module):
+    """Base of the mixers: options are checked on construction (`check_options`, ValueError), so a
+    bad config fails before anything is traced or compiled."""
+
+    def __post_init__(self):
+        self.check_options()
+        super().__post_init__()
+
+    def check_options(self) -> None:
+        """Raise ValueError for an invalid option; each mixer checks its own."""
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the SSM: 2 with a backward (anti-causal) copy, else 1."""
+        return 2 if getattr(self, "bidirectional", False) else 1
 
 # model name -> (module, class). Several names may share a class and differ in their init
 # (s5 / s5_ptd, s4d / s4_ptd): conf/model/<name>.yaml says how.

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.scan import check_chunk_size, chunked_scan, linear_scan
 
 __all__ = [
@@ -209,7 +210,7 @@ class SelectiveSSM(nn.Module):
         return jax.vmap(scan, in_axes=(0, 0, None, 0, 0, None))(x, dt, A, B, C, D.astype(dtype))
 
 
-class Mamba(nn.Module):
+class Mamba(Mixer):
     """Mamba block as a sequence mixer: (B, L, H) -> (B, L, H). Use with the block activation "none"
     (it gates itself).
 
@@ -242,11 +243,6 @@ class Mamba(nn.Module):
     chunk_size: int | None = None
     bidirectional: bool = False
     param_dtype: Any = jnp.float32
-
-    def __post_init__(self):
-        # Checked at construction, so a bad config fails before anything is traced or compiled.
-        self.check_options()
-        super().__post_init__()
 
     def check_options(self):
         def positive_int(name):

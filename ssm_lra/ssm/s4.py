@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.s4d import (
@@ -218,7 +219,7 @@ def complex_pairs(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-class S4(nn.Module):
+class S4(Mixer):
     """DPLR SSM layer: (B, L, H) -> (B, L, H), y = K * u + D u, HiPPO-LegS init.
 
     Attributes:
@@ -243,15 +244,6 @@ class S4(nn.Module):
     dt_max: float = 1e-1
     bidirectional: bool = False
     param_dtype: Any = jnp.float32
-
-    @property
-    def channels(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def __post_init__(self):
-        # Checked at construction, so a bad config fails before anything is traced or compiled.
-        self.check_options()
-        super().__post_init__()
 
     def check_options(self):
         if not isinstance(self.d_state, (int, np.integer)) or self.d_state < 2 or self.d_state % 2:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
@@ -101,7 +102,7 @@ def complex_normal_init(var_per_part: float = 0.5):
 # ----------------------------------------------------------------------------------------------
 
 
-class S4D(nn.Module):
+class S4D(Mixer):
     """Diagonal SSM layer: (B, L, H) -> (B, L, H), y = K * u + D u.
 
     Attributes:
@@ -126,15 +127,6 @@ class S4D(nn.Module):
     dt_max: float = 1e-1
     bidirectional: bool = False
     param_dtype: Any = jnp.float32
-
-    @property
-    def channels(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def __post_init__(self):
-        # Checked at construction, so a bad config fails before anything is traced or compiled.
-        self.check_options()
-        super().__post_init__()
 
     def check_options(self):
         if self.discretization not in DISCRETIZATIONS:

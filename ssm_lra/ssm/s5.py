@@ -28,6 +28,7 @@ import numpy as np
 import scipy.linalg
 from jax import lax
 
+from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
@@ -182,7 +183,7 @@ def apply_s5(Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym
 # ----------------------------------------------------------------------------------------------
 
 
-class S5(nn.Module):
+class S5(Mixer):
     """S5 layer: (B, L, H) -> (B, L, H).
 
     Attributes:
@@ -211,17 +212,9 @@ class S5(nn.Module):
     param_dtype: Any = jnp.float32
 
     @property
-    def channels(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
     def local_state(self) -> int:
         """P2: the number of complex states actually stored."""
         return self.d_state // 2 if self.conj_sym else self.d_state
-
-    def __post_init__(self):
-        self.check_options()
-        super().__post_init__()
 
     def check_options(self):
         def is_int(x):
