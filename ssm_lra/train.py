@@ -85,13 +85,12 @@ def majority_class_rate(source) -> float:
     return float(np.bincount(labels).max() / max(len(labels), 1))
 
 
-def peak_device_memory_gib() -> float | None:
-    """Peak bytes the first device's allocator has handed out (GPU/TPU; None where not reported)."""
+def peak_device_memory_gib() -> list[float] | None:
+    """Peak bytes each local device's allocator has handed out, in GiB (GPU/TPU; None where not reported)."""
     import jax
 
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return peak / 2**30 if peak else None
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    return None if not all(peaks) else [p / 2**30 for p in peaks]
 
 
 def run(cfg: DictConfig) -> dict:
@@ -166,6 +165,7 @@ def run(cfg: DictConfig) -> dict:
         test = evaluate(eval_step, best_state, data, "test", trainer, sharding=batch_sharded(mesh))
         logger.log({"split": "test", "step": progress.best_step, "epoch": progress.best_epoch, **test})
         steps = int(jax.device_get(state.step))
+        peaks = peak_device_memory_gib()
         summary = {
             "model": cfg.model.name,
             "task": spec.name,
@@ -186,7 +186,8 @@ def run(cfg: DictConfig) -> dict:
             "seq_len": spec.seq_len,
             "nonfinite_loss_steps": progress.nonfinite_loss_steps,
             "train_elapsed_s": progress.elapsed_s,
-            "peak_memory_gib": peak_device_memory_gib(),
+            "peak_memory_gib": max(peaks) if peaks else None,  # the fullest device
+            "peak_memory_gib_per_device": peaks,
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
