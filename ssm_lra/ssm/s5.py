@@ -32,7 +32,7 @@ from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
-from ssm_lra.ssm.scan import linear_scan
+from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan
 
 __all__ = ["C_INITS", "S5", "SSM_INITS", "SSM_PARAM_NAMES", "apply_s5", "block_diagonal_init"]
 
@@ -160,22 +160,30 @@ def state_matrix(Lambda_re, Lambda_im, clip_eigs: bool):
     return lax.complex(Lambda_re, Lambda_im)
 
 
-def apply_s5(Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym=True, bidirectional=False):
+def apply_s5(
+    Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym=True, bidirectional=False, scan_block=None
+):
     """The SSM part of S5 (without D u): u (B, L, H) real -> (B, L, H) real.
 
     Lambda (P2,), B_tilde (P2, H), C_tilde (H, channels * P2) complex; log_dt (P2,).
     Discretize per state, push the inputs in (B_bar u_k), run x_k = Lambda_bar x_{k-1} + B_bar u_k
     as an associative scan over time (and, if bidirectional, the same recurrence backwards, its
     states concatenated after the forward ones so that [C1 C2] reads both), then read out
-    Re(C~ x), doubled under conjugate symmetry for the dropped conjugate half.
+    Re(C~ x), doubled under conjugate symmetry for the dropped conjugate half. `scan_block` T
+    computes the same states blockwise (`scan.lti_block_scan`: matmuls inside blocks of T steps).
     """
     dt = jnp.exp(log_dt)
     Lambda_bar, B_bar = DISCRETIZATIONS[discretization](Lambda[:, None], B_tilde, dt[:, None])
     Lambda_bar = Lambda_bar[:, 0]
     Bu = jnp.einsum("blh,ph->blp", u.astype(B_bar.dtype), B_bar)
-    xs = linear_scan(Lambda_bar, Bu, axis=1)
+    def scan(reverse):
+        if scan_block:
+            return lti_block_scan(Lambda_bar, Bu, scan_block, reverse=reverse)
+        return linear_scan(Lambda_bar, Bu, axis=1, reverse=reverse)
+
+    xs = scan(False)
     if bidirectional:
-        xs = jnp.concatenate([xs, linear_scan(Lambda_bar, Bu, axis=1, reverse=True)], axis=-1)
+        xs = jnp.concatenate([xs, scan(True)], axis=-1)
     y = jnp.einsum("blp,hp->blh", xs, C_tilde).real
     return 2.0 * y if conj_sym else y
 
@@ -191,8 +199,9 @@ class S5(Mixer):
         init (block size P/J). conj_sym: keep P/2 states, output 2 Re(.). discretization: zoh |
         bilinear. dt_min, dt_max: log-uniform range of the per-state step. bidirectional: add a
         backward scan with its own C. c_init: see `c_init`. clip_eigs: keep Re(Lambda) <= -1e-4.
-        ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). param_dtype: dtype of
-        the real parameters.
+        ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan_block: None (one
+        associative scan over the sequence) or T (blockwise matmuls, `scan.lti_block_scan`: the same
+        states). param_dtype: dtype of the real parameters.
     Parameters: Lambda_re, Lambda_im, log_dt (P2,); B (P2, H, 2); C (H, channels * P2, 2); D (H,).
     """
 
@@ -209,6 +218,7 @@ class S5(Mixer):
     c_init: str = "trunc_standard_normal"
     clip_eigs: bool = False
     ssm_init: str = "hippo"
+    scan_block: int | None = None
     param_dtype: Any = jnp.float32
 
     @property
@@ -222,6 +232,8 @@ class S5(Mixer):
 
         if not is_int(self.d_state) or self.d_state < 1:
             raise ValueError(f"d_state must be a positive integer, got {self.d_state!r}")
+        if self.scan_block is not None:
+            check_chunk_size(self.scan_block)
         if not is_int(self.blocks) or self.blocks < 1:
             raise ValueError(f"blocks must be a positive integer, got {self.blocks!r}")
         if self.d_state % self.blocks:
@@ -277,6 +289,7 @@ class S5(Mixer):
             self.discretization,
             self.conj_sym,
             self.bidirectional,
+            self.scan_block,
         )
         y = y + self.D.astype(x.dtype) * x
         return y.astype(u.dtype)

@@ -7,6 +7,11 @@ prefix scan in O(log L) depth.
 Two ways to run it:
 - `linear_scan`: one associative scan over the whole sequence. Simple and fastest for short inputs,
   but the scan and its backward pass hold several arrays of the full (L, *state) size.
+- `lti_block_scan`: for a time-invariant diagonal `a` (S5's Lambda_bar), the states inside blocks of
+  T steps are one batched matmul with the (T, T) lower-triangular matrix of powers a^(t-s) per
+  state, and only the block ends go through an associative scan (L/T of them). It reads b and
+  writes the states about once, where the associative scan of the whole sequence broadcasts a to
+  b's size and moves both through every level.
 - `chunked_scan` / `chunked_linear_scan`: associative scans inside chunks of `chunk_size` steps,
   the state carried from chunk to chunk by `jax.lax.scan`, and each chunk rematerialized in the
   backward pass (`jax.checkpoint`). Only the carries (one state per chunk) are saved for the
@@ -21,7 +26,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["compose_affine", "linear_scan", "chunked_scan", "chunked_linear_scan"]
+__all__ = ["compose_affine", "linear_scan", "lti_block_scan", "chunked_scan", "chunked_linear_scan"]
 
 
 def compose_affine(first, second):
@@ -39,6 +44,34 @@ def linear_scan(a: jax.Array, b: jax.Array, axis: int = 0, reverse: bool = False
     axis = axis % len(shape)
     _, states = jax.lax.associative_scan(compose_affine, (a, b), axis=axis, reverse=reverse)
     return states
+
+
+def lti_block_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False) -> jax.Array:
+    """All states of x_t = a x_{t-1} + b_t (x_{-1} = 0) for a time-invariant diagonal a.
+
+    a: (P,); b: (batch, L, P), time on axis 1 (`reverse`: x_t = a x_{t+1} + b_t). Same result as
+    `linear_scan(a, b, axis=1)`. Within each block of T = `block` steps, x = M b with
+    M[t, s] = a^(t-s) for s <= t (one matmul per state, batched); the states at the block ends are
+    then carried across blocks by an associative scan with multiplier a^T, and block j adds
+    a^(t+1) times the state that ended block j-1.
+    """
+    if reverse:
+        return jnp.flip(lti_block_scan(a, jnp.flip(b, axis=1), block), axis=1)
+    batch, L, P = b.shape
+    T = block
+    n = -(-L // T)
+    dtype = jnp.result_type(a, b)
+    a = a.astype(dtype)
+    blocks = jnp.pad(b.astype(dtype), ((0, 0), (0, n * T - L), (0, 0))).reshape(batch, n, T, P)
+    t = jnp.arange(T)
+    powers = a[None, :] ** jnp.arange(T + 1)[:, None]  # (T + 1, P): a^0 .. a^T
+    lag = t[:, None] - t[None, :]
+    within = jnp.where((lag >= 0)[..., None], powers[jnp.clip(lag, 0, T)], 0)  # (T, T, P)
+    local = jnp.einsum("tsp,bnsp->bntp", within, blocks, precision=jax.lax.Precision.HIGHEST)
+    ends = linear_scan(powers[T], local[:, :, -1, :], axis=1)  # (batch, n, P): state at each block's end
+    before = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    states = local + powers[1:][None, None] * before[:, :, None, :]
+    return states.reshape(batch, n * T, P)[:, :L]
 
 
 def check_chunk_size(chunk_size: Any) -> None:

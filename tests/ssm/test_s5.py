@@ -157,6 +157,17 @@ def test_layer_at_init_matches_loop(ssm_init, conj_sym):
     assert_rel_close(y, s5_by_loop(params, u, "zoh", conj_sym, True), 1e-10)
 
 
+@pytest.mark.parametrize("scan_block", [1, 8, 64])
+def test_blockwise_scan_layer_matches_loop(scan_block):
+    # model.mixer.scan_block: the same layer through scan.lti_block_scan, both directions.
+    H, P, L = 3, 8, 37
+    layer = make_layer(H, P, conj_sym=False, bidirectional=True, scan_block=scan_block)
+    params = random_params(H, P, 2, seed=scan_block)
+    u = np.random.default_rng(5).normal(size=(2, L, H))
+    y = jax.jit(layer.apply)({"params": params}, jnp.asarray(u))
+    assert_rel_close(y, s5_by_loop(params, u, "zoh", False, True), 1e-11)
+
+
 def test_clip_eigs_clips_real_parts_in_the_forward_pass():
     H, P, L = 2, 4, 25
     params = random_params(H, P, 1, seed=3)
