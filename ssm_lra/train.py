@@ -53,7 +53,7 @@ def output_dir_problem(argv: list[str], cwd: Path) -> str | None:
 def check_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        probe = run_dir / f".write_test.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -237,7 +237,7 @@ def after_interruption(e, run_dir: str, requeue: bool) -> int:
     A handler installed before training (submitit's, when launched by hydra/launcher=slurm) gets
     the signal now that the checkpoint is safe: it requeues the job. Plain SLURM jobs requeue
     themselves on SIGUSR1/SIGUSR2 (the time-limit warning of `sbatch --signal`), never on
-    SIGTERM or Ctrl-C, which scancel and users send to stop.
+    SIGTERM or Ctrl-C, which scancel and users send to stop; in a multi-host job, process 0 asks.
     """
     import signal
 
@@ -247,9 +247,11 @@ def after_interruption(e, run_dir: str, requeue: bool) -> int:
         file=sys.stderr,
         flush=True,
     )
+    import jax
+
     if callable(e.previous_handler):
         e.previous_handler(e.signum, None)
-    elif requeue and e.signum in (signal.SIGUSR1, signal.SIGUSR2) and requeue_slurm_job():
+    elif requeue and e.signum in (signal.SIGUSR1, signal.SIGUSR2) and jax.process_index() == 0 and requeue_slurm_job():
         print("Requeued the SLURM job; it resumes from this checkpoint.", file=sys.stderr, flush=True)
     return 128 + e.signum
 

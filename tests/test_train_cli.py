@@ -97,6 +97,65 @@ def test_multirun_over_seeds(tmp_path_factory):
     assert len(summaries) == 2 and {s["seed"] for s in summaries} == {0, 1}
 
 
+def slurm_job(args, cache_dir, cwd, job: int):
+    """Two processes started as SLURM would start a job of 2 tasks on this host."""
+    return [
+        train(
+            args, cache_dir, cwd, popen=True,
+            extra_env={
+                # jax derives the coordinator's port from the job id: unique per test.
+                "SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_STEP_NUM_NODES": "1",
+                "JAX_PLATFORMS": "cpu",
+            },
+        )
+        for rank in (0, 1)
+    ]
+
+
+def finish(procs, codes=(0, 0)):
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, code, (_, stderr) in zip(procs, codes, outputs):
+        assert p.returncode == code, stderr[-3000:]
+    return outputs
+
+
+def test_two_processes_of_a_slurm_job_train_as_one_multi_host_run(smoke_run, cache_dir, tmp_path):
+    """Multi-host: two processes with SLURM's environment join through jax.distributed (gloo on CPU),
+    each reads its half of every batch, and together they match the 1-device run."""
+    one_dir, _ = smoke_run
+    run_dir = tmp_path / "run"
+    finish(slurm_job(["trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, os.getpid()))
+    summary = check_summary(run_dir)
+    assert summary["processes"] == 2 and summary["devices"] == 2
+    two = [(r["loss"], r["grad_norm"]) for r in read_metrics(run_dir) if r["split"] == "train"]
+    one = [(r["loss"], r["grad_norm"]) for r in read_metrics(one_dir) if r["split"] == "train"]
+    assert len(two) == len(one) == 4  # only process 0 logs
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+def test_a_signal_to_one_host_stops_and_resumes_every_host(cache_dir, tmp_path):
+    """Preemption in a multi-host job: only one process gets SIGTERM; they agree to stop at the
+    same step (no process left waiting in a collective), save once, and resume together."""
+    run_dir = tmp_path / "run"
+    args = ["trainer=smoke", "trainer.max_steps=60", "trainer.limit_eval_batches=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    procs = slurm_job(args, cache_dir, tmp_path, os.getpid() + 1)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 10):
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-3000:]
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = finish(procs, codes=(143, 143))
+    assert all("Resume with" in err for _, err in outputs)
+    stopped_at = max(r["step"] for r in read_metrics(run_dir) if r["split"] == "train")
+    assert stopped_at < 60
+    outputs = finish(slurm_job(args, cache_dir, tmp_path, os.getpid() + 2))
+    assert f"at step {stopped_at}." in outputs[0][0] and f"at step {stopped_at}." in outputs[1][0]
+    assert sorted(r["step"] for r in read_metrics(run_dir) if r["split"] == "train") == list(range(1, 61))
+    assert check_summary(run_dir)["steps"] == 60
+
+
 def write_listops(folder: Path, bad_line: str | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     rows = ["Source\tTarget", "( ( ( [MAX 2 ) 9 ) ] )\t9", "( ( ( [MIN 2 ) 9 ) ] )\t2"]

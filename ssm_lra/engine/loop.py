@@ -143,6 +143,25 @@ def evaluate(
     return {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count, "examples": int(totals["count"])}
 
 
+def agree(stop: bool, save_due: bool, boundary: bool) -> tuple[bool, bool]:
+    """(stop now, save now), decided the same way by every process.
+
+    One process: its own signal and clock decide at once. Several (multi-host): a checkpoint save
+    and the steps are collective, so a decision one process took alone would leave the others
+    waiting for it forever; they pool their flags at log boundaries (every trainer.log_every
+    steps) and act only there, on any process's signal or clock.
+    """
+    if jax.process_count() == 1:
+        return stop, save_due
+    if not boundary:
+        return False, False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array([stop, save_due], dtype=np.int32))
+    pooled = np.asarray(flags).reshape(-1, 2).any(axis=0)
+    return bool(pooled[0]), bool(pooled[1])
+
+
 def host_shard() -> dict:
     return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
@@ -300,17 +319,20 @@ def fit(
                     progress.train_sequences += timed_steps * batch_size
                     progress = dataclasses.replace(progress, epoch=progress.epoch + 1, batch_in_epoch=0)
                 eval_due = (eval_every and step % int(eval_every) == 0) or (not eval_every and epoch_done) or last_step
-                if stop_requested:
+                stop, save_due = agree(
+                    bool(stop_requested), saving.due(step, time.perf_counter() - last_save), step % log_every == 0
+                )
+                if stop:
                     # Leave at once (a preemption's grace time is short); the resumed run
                     # evaluates first if this step's evaluation is owed.
                     progress.eval_pending = bool(eval_due)
                     checkpoint("latest")
-                    signum, previous = stop_requested[0]
+                    signum, previous = stop_requested[0] if stop_requested else (signal.SIGTERM, None)
                     raise Interrupted(signum, step, previous)
                 paused = time.perf_counter()
                 if eval_due:
                     evaluate_and_show(bar, epoch_task)
-                elif saving.due(step, time.perf_counter() - last_save):
+                elif save_due:
                     checkpoint("latest")
                 timer += time.perf_counter() - paused  # throughput counts training time only
             if not epoch_done:  # the run ended inside this epoch
