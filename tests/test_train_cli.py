@@ -307,10 +307,14 @@ def test_tiny_training_run_learns_easy_listops(cache_dir, tmp_path):
     assert summary["test_accuracy"] > summary["test_majority_class_rate"] + 0.1, summary
 
 
-@pytest.mark.parametrize("model", ["s4", "s4_ptd", "s5", "s5_ptd", "mamba"])
+@pytest.mark.parametrize("model", ["s4", "s5_ptd", "mamba"])
 def test_every_model_trains_a_smoke_run(model, cache_dir, tmp_path):
+    """Each mixer class through the CLI (one layer: the wiring is what is tested here). s4d is the
+    smoke_run above; s4_ptd and s5 share the classes of s4d and s5_ptd and differ in the init,
+    which tests/ssm checks against float64 references."""
     run_dir = tmp_path / "run"
-    result = train([f"model={model}", "trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
+    args = [f"model={model}", "trainer=smoke", "model.n_layers=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    result = train(args, cache_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = check_summary(run_dir)
     assert summary["model"] == model and summary["steps"] == 4 and summary["nonfinite_loss_steps"] == 0
