@@ -132,6 +132,9 @@ def test_two_processes_of_a_slurm_job_train_as_one_multi_host_run(smoke_run, cac
     one = [(r["loss"], r["grad_norm"]) for r in read_metrics(one_dir) if r["split"] == "train"]
     assert len(two) == len(one) == 4  # only process 0 logs
     np.testing.assert_allclose(two, one, rtol=1e-5)
+    reference = check_summary(one_dir)
+    for key in ("test_accuracy", "test_examples", "best_val_accuracy"):  # evaluation reads host shares too
+        assert summary[key] == pytest.approx(reference[key]), key
 
 
 def test_a_signal_to_one_host_stops_and_resumes_every_host(cache_dir, tmp_path):
