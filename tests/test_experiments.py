@@ -156,3 +156,13 @@ def test_debug_smoke_shrinks_a_preset_after_its_own_settings():
     assert (full.trainer.batch_size, full.model.d_model) == (32, 128)
     assert (smoke.trainer.batch_size, smoke.trainer.max_steps, smoke.model.d_model, smoke.model.n_layers) == (8, 4, 32, 2)
     assert smoke.data.tiny and smoke.model.name == "s5_ptd" and smoke.model.mixer.blocks == full.model.mixer.blocks
+
+
+@pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}/{t}" for m, t in PAIRS])
+def test_preset_passes_the_runs_own_config_checks(model, task):
+    """What `python -m ssm_lra.train experiment=...` checks before loading data: every key known,
+    the mixer's options valid, the batch splitting over the devices here."""
+    from ssm_lra.engine.setup import check_config
+
+    plan = check_config(composed([f"experiment={model}/{task}"]))
+    assert plan.spec.name == task and plan.model.mixer == model
