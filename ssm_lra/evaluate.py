@@ -172,18 +172,12 @@ def make_predict(model) -> Callable:
     """jitted (params, batch_stats, inputs, mask) -> logits, in evaluation mode."""
     import jax
 
+    from ssm_lra.engine.steps import model_variables
+
     def predict(params, batch_stats, inputs, mask):
-        variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-        return model.apply(variables, inputs, mask, train=False)
+        return model.apply(model_variables(params, batch_stats), inputs, mask, train=False)
 
     return jax.jit(predict)
-
-
-def eval_settings(trainer: Mapping[str, Any]) -> tuple[int, int | None]:
-    """(batch size, batch limit) of evaluation, as the training loop's `evaluate` uses them."""
-    batch_size = int(trainer.get("eval_batch_size") or trainer["batch_size"])
-    limit = trainer.get("limit_eval_batches")
-    return batch_size, (int(limit) if limit else None)
 
 
 def predict_split(
@@ -209,6 +203,7 @@ def predict_split(
 
     from ssm_lra.data.pipeline import batches, num_batches
     from ssm_lra.engine.logging import progress_bar
+    from ssm_lra.engine.loop import eval_settings
 
     default_size, default_limit = eval_settings(run.plan.trainer)
     batch_size = batch_size or default_size
@@ -263,6 +258,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
 def evaluate_run(run_dir: str | Path, split: str = "test", kind: str = "best", overrides: Sequence[str] = ()) -> dict:
     """Evaluate a run's checkpoint on a split; returns the record written to RUN/eval_<split>.json."""
     from ssm_lra import atomic
+    from ssm_lra.engine.loop import eval_settings
 
     choice("split", split, SPLITS)
     run = load_run(run_dir, kind, overrides)

@@ -241,14 +241,14 @@ def after_interruption(e, run_dir: str, requeue: bool) -> int:
     """
     import signal
 
+    import jax
+
     print(
         f"\nStopped by {e.signame} at step {e.step}; the latest checkpoint is saved in {run_dir}/checkpoints. "
         f"Resume with the same command plus hydra.run.dir={run_dir}",
         file=sys.stderr,
         flush=True,
     )
-    import jax
-
     if callable(e.previous_handler):
         e.previous_handler(e.signum, None)
     elif requeue and e.signum in (signal.SIGUSR1, signal.SIGUSR2) and jax.process_index() == 0 and requeue_slurm_job():

@@ -202,10 +202,13 @@ def layer_fwd_bwd(block):
     the weights into the program and make the layer look cheaper than it is in the model."""
     import jax
 
+    from ssm_lra.engine.steps import model_variables
+
     def fwd_bwd(params, batch_stats, x, mask, cotangent, rng):
         def forward(p, inputs):
-            variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
-            return block.apply(variables, inputs, mask, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+            return block.apply(
+                model_variables(p, batch_stats), inputs, mask, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+            )
 
         y, vjp, updates = jax.vjp(forward, params, x, has_aux=True)
         d_params, d_x = vjp(cotangent)

@@ -121,11 +121,18 @@ class Progress:
         return cls(**{k: v for k, v in meta.items() if k in names})
 
 
+def eval_settings(trainer: Mapping[str, Any]) -> tuple[int, int | None]:
+    """(batch size, batch limit) of every evaluation: trainer.eval_batch_size (default: the training
+    batch size) and trainer.limit_eval_batches (None: the whole split)."""
+    batch_size = int(trainer.get("eval_batch_size") or trainer["batch_size"])
+    limit = trainer.get("limit_eval_batches")
+    return batch_size, (int(limit) if limit else None)
+
+
 def evaluate(
     eval_step, state: TrainState, data: TaskData, split: str, trainer: Mapping[str, Any], bar=None, sharding=None
 ) -> dict:
-    batch_size = int(trainer["eval_batch_size"] or trainer["batch_size"])
-    limit = trainer.get("limit_eval_batches")
+    batch_size, limit = eval_settings(trainer)
     n = num_batches(len(data.splits[split]), batch_size, train=False)
     n = min(n, int(limit)) if limit else n
     task = bar.add_task(f"eval {split}", total=n, info="") if bar is not None else None

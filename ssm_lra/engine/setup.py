@@ -67,6 +67,7 @@ def check_known_keys(section: str, given: dict, defaults_file: Path) -> None:
 def validate_trainer(trainer: dict, devices: int = 1, processes: int = 1) -> None:
     """The trainer section, including that every batch splits evenly over the devices."""
     from ssm_lra.engine.distributed import check_batch_sizes
+    from ssm_lra.engine.loop import eval_settings
 
     check_known_keys("trainer", trainer, CONF_DIR / "trainer" / "default.yaml")
 
@@ -86,8 +87,7 @@ def validate_trainer(trainer: dict, devices: int = 1, processes: int = 1) -> Non
         raise ConfigError(f"trainer.checkpoint_every_minutes must be positive or null, got {minutes!r}.")
     if trainer.get("multihost", "auto") not in ("auto", True, False):
         raise ConfigError(f"trainer.multihost must be auto, true or false, got {trainer['multihost']!r}.")
-    eval_batch_size = trainer.get("eval_batch_size") or trainer["batch_size"]
-    check_batch_sizes(trainer["batch_size"], eval_batch_size, accumulate, devices, processes)
+    check_batch_sizes(trainer["batch_size"], eval_settings(trainer)[0], accumulate, devices, processes)
 
 
 def check_config(cfg: DictConfig) -> Plan:

@@ -52,7 +52,8 @@ def count_params(params) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
-def _variables(params, batch_stats):
+def model_variables(params, batch_stats) -> dict:
+    """The variables `model.apply` takes: batch statistics only for models that have them."""
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
@@ -84,7 +85,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, accumula
 
     def loss_fn(params, batch_stats, batch, dropout_rng):
         logits, updates = model.apply(
-            _variables(params, batch_stats),
+            model_variables(params, batch_stats),
             batch["inputs"],
             batch["mask"],
             train=True,
@@ -149,7 +150,7 @@ def make_eval_step(model: nn.Module):
     """Sums (not means) over a batch, so that padded rows of weight 0 drop out exactly."""
 
     def eval_step(state: TrainState, batch):
-        logits = model.apply(_variables(state.params, state.batch_stats), batch["inputs"], batch["mask"], train=False)
+        logits = model.apply(model_variables(state.params, state.batch_stats), batch["inputs"], batch["mask"], train=False)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         w = batch["weight"]
