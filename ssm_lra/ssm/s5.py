@@ -32,7 +32,7 @@ from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
-from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan
+from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan, lti_scan, lti_unrolled_scan
 
 __all__ = ["C_INITS", "S5", "SSM_INITS", "SSM_PARAM_NAMES", "apply_s5", "block_diagonal_init"]
 
@@ -160,8 +160,19 @@ def state_matrix(Lambda_re, Lambda_im, clip_eigs: bool):
     return lax.complex(Lambda_re, Lambda_im)
 
 
+# The ways to compute the states (the same states), by name: `model.mixer.scan`.
+SCANS = {
+    "associative": lambda a, b, block, reverse: linear_scan(a, b, axis=1, reverse=reverse),
+    "lti": lambda a, b, block, reverse: lti_scan(a, b, axis=1, reverse=reverse),
+    "blocked": lambda a, b, block, reverse: lti_block_scan(a, b, block, reverse=reverse),
+    "unrolled": lambda a, b, block, reverse: lti_unrolled_scan(a, b, block, reverse=reverse),
+}
+BLOCKED_SCANS = ("blocked", "unrolled")
+
+
 def apply_s5(
-    Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym=True, bidirectional=False, scan_block=None
+    Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym=True, bidirectional=False,
+    scan="associative", scan_block=None,
 ):
     """The SSM part of S5 (without D u): u (B, L, H) real -> (B, L, H) real.
 
@@ -176,14 +187,12 @@ def apply_s5(
     Lambda_bar, B_bar = DISCRETIZATIONS[discretization](Lambda[:, None], B_tilde, dt[:, None])
     Lambda_bar = Lambda_bar[:, 0]
     Bu = jnp.einsum("blh,ph->blp", u.astype(B_bar.dtype), B_bar)
-    def scan(reverse):
-        if scan_block:
-            return lti_block_scan(Lambda_bar, Bu, scan_block, reverse=reverse)
-        return linear_scan(Lambda_bar, Bu, axis=1, reverse=reverse)
+    def states(reverse):
+        return SCANS[scan](Lambda_bar, Bu, scan_block, reverse)
 
-    xs = scan(False)
+    xs = states(False)
     if bidirectional:
-        xs = jnp.concatenate([xs, scan(True)], axis=-1)
+        xs = jnp.concatenate([xs, states(True)], axis=-1)
     y = jnp.einsum("blp,hp->blh", xs, C_tilde).real
     return 2.0 * y if conj_sym else y
 
@@ -218,6 +227,7 @@ class S5(Mixer):
     c_init: str = "trunc_standard_normal"
     clip_eigs: bool = False
     ssm_init: str = "hippo"
+    scan: str = "associative"
     scan_block: int | None = None
     param_dtype: Any = jnp.float32
 
@@ -232,7 +242,9 @@ class S5(Mixer):
 
         if not is_int(self.d_state) or self.d_state < 1:
             raise ValueError(f"d_state must be a positive integer, got {self.d_state!r}")
-        if self.scan_block is not None:
+        if self.scan not in SCANS:
+            raise ValueError(f"unknown S5 scan {self.scan!r}; valid ones are {', '.join(map(repr, SCANS))}")
+        if self.scan in BLOCKED_SCANS or self.scan_block is not None:
             check_chunk_size(self.scan_block)
         if not is_int(self.blocks) or self.blocks < 1:
             raise ValueError(f"blocks must be a positive integer, got {self.blocks!r}")
@@ -289,6 +301,7 @@ class S5(Mixer):
             self.discretization,
             self.conj_sym,
             self.bidirectional,
+            self.scan,
             self.scan_block,
         )
         y = y + self.D.astype(x.dtype) * x

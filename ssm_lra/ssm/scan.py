@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["compose_affine", "linear_scan", "lti_block_scan", "chunked_scan", "chunked_linear_scan"]
+__all__ = ["compose_affine", "linear_scan", "lti_scan", "lti_block_scan", "lti_unrolled_scan", "chunked_scan", "chunked_linear_scan"]
 
 
 def compose_affine(first, second):
@@ -44,6 +44,48 @@ def linear_scan(a: jax.Array, b: jax.Array, axis: int = 0, reverse: bool = False
     axis = axis % len(shape)
     _, states = jax.lax.associative_scan(compose_affine, (a, b), axis=axis, reverse=reverse)
     return states
+
+
+def lti_scan(a: jax.Array, b: jax.Array, axis: int = 0, reverse: bool = False) -> jax.Array:
+    """All states of x_t = a x_{t-1} + b_t (x_{-1} = 0) for an `a` that does not change with time.
+
+    The same odd-even recursion as `jax.lax.associative_scan`, but the multiplier of every element
+    at recursion level k is a^(2^k), the same at every position: it stays a small array broadcast
+    against b instead of a full-size operand, so the scan moves b alone (half the bytes).
+    a broadcasts against b with the time axis of b removed (e.g. a (P,) against b (B, L, P)).
+    """
+    axis = axis % b.ndim
+    dtype = jnp.result_type(a, b)
+    a = jnp.broadcast_to(a, b.shape[:axis] + b.shape[axis + 1 :])  # no time axis: small
+    a, b = jnp.expand_dims(a, axis).astype(dtype), b.astype(dtype)
+    if reverse:
+        return jnp.flip(_lti_scan(a, jnp.flip(b, axis), axis), axis)
+    return _lti_scan(a, b, axis)
+
+
+def _lti_scan(a, b, axis):
+    L = b.shape[axis]
+    if L < 2:
+        return b
+    take = lambda x, start, stop=None: jax.lax.slice_in_dim(x, start, x.shape[axis] if stop is None else stop, 2, axis)
+    # Combine neighbours (2i, 2i+1) into one step of multiplier a^2; scan those; then fill in the
+    # even positions from the odd states before them.
+    pairs = a * take(b, 0, L - L % 2) + take(b, 1)
+    odd = _lti_scan(a * a, pairs, axis)  # states at positions 1, 3, 5, ...
+    first = jax.lax.slice_in_dim(b, 0, 1, axis=axis)
+    later_even = a * jax.lax.slice_in_dim(odd, 0, (L - 1) // 2, axis=axis) + take(b, 2)
+    even = jnp.concatenate([first, later_even], axis=axis)  # states at 0, 2, 4, ...
+    return _interleave(even, odd, axis)
+
+
+def _interleave(even, odd, axis):
+    """[e0, o0, e1, o1, ...] along axis; even has as many elements as odd or one more."""
+    n_odd = odd.shape[axis]
+    pad = [(0, 0)] * odd.ndim
+    pad[axis] = (0, even.shape[axis] - n_odd)
+    pairs = jnp.stack([even, jnp.pad(odd, pad)], axis=axis + 1)
+    merged = pairs.reshape(even.shape[:axis] + (2 * even.shape[axis],) + even.shape[axis + 1 :])
+    return jax.lax.slice_in_dim(merged, 0, even.shape[axis] + n_odd, axis=axis)
 
 
 def lti_block_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False) -> jax.Array:
@@ -71,6 +113,33 @@ def lti_block_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False
     ends = linear_scan(powers[T], local[:, :, -1, :], axis=1)  # (batch, n, P): state at each block's end
     before = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
     states = local + powers[1:][None, None] * before[:, :, None, :]
+    return states.reshape(batch, n * T, P)[:, :L]
+
+
+def lti_unrolled_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False) -> jax.Array:
+    """All states of x_t = a x_{t-1} + b_t (x_{-1} = 0) for a time-invariant a; b (batch, L, P),
+    a (P,). Inside blocks of T = `block` steps the recurrence is unrolled as T elementwise steps,
+    which XLA fuses into one pass over b; the block ends (L/T of them) go through `lti_scan`, and
+    block j adds a^(t+1) times the state that ended block j-1.
+    """
+    if reverse:
+        return jnp.flip(lti_unrolled_scan(a, jnp.flip(b, axis=1), block), axis=1)
+    batch, L, P = b.shape
+    T = block
+    n = -(-L // T)
+    dtype = jnp.result_type(a, b)
+    a = a.astype(dtype)
+    blocks = jnp.pad(b.astype(dtype), ((0, 0), (0, n * T - L), (0, 0))).reshape(batch, n, T, P)
+    x = blocks[:, :, 0]
+    local = [x]
+    for t in range(1, T):
+        x = a * x + blocks[:, :, t]
+        local.append(x)
+    local = jnp.stack(local, axis=2)  # (batch, n, T, P)
+    powers = a[None, :] ** jnp.arange(1, T + 1)[:, None]  # (T, P): a^1 .. a^T
+    ends = lti_scan(powers[-1], local[:, :, -1], axis=1)
+    before = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+    states = local + powers[None, None] * before[:, :, None, :]
     return states.reshape(batch, n * T, P)[:, :L]
 
 

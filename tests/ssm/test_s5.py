@@ -157,12 +157,15 @@ def test_layer_at_init_matches_loop(ssm_init, conj_sym):
     assert_rel_close(y, s5_by_loop(params, u, "zoh", conj_sym, True), 1e-10)
 
 
-@pytest.mark.parametrize("scan_block", [1, 8, 64])
-def test_blockwise_scan_layer_matches_loop(scan_block):
-    # model.mixer.scan_block: the same layer through scan.lti_block_scan, both directions.
+@pytest.mark.parametrize(
+    "scan, scan_block",
+    [("associative", None), ("lti", None), ("blocked", 1), ("blocked", 8), ("blocked", 64), ("unrolled", 1), ("unrolled", 8)],
+)
+def test_every_scan_method_gives_the_layer_of_the_loop(scan, scan_block):
+    # model.mixer.scan: each way of computing the states, both directions, an odd length.
     H, P, L = 3, 8, 37
-    layer = make_layer(H, P, conj_sym=False, bidirectional=True, scan_block=scan_block)
-    params = random_params(H, P, 2, seed=scan_block)
+    layer = make_layer(H, P, conj_sym=False, bidirectional=True, scan=scan, scan_block=scan_block)
+    params = random_params(H, P, 2, seed=L + (scan_block or 0))
     u = np.random.default_rng(5).normal(size=(2, L, H))
     y = jax.jit(layer.apply)({"params": params}, jnp.asarray(u))
     assert_rel_close(y, s5_by_loop(params, u, "zoh", False, True), 1e-11)

@@ -1,0 +1,184 @@
+"""Micro-benchmarks of single levers for the speed issue: alternative implementations of one piece,
+timed forward + backward at the presets' shapes, and checked to give the same result.
+
+    python scripts/bench_levers.py conv-layout [--out results/bench/levers] [--steps 20]
+    python scripts/bench_levers.py scan
+
+conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to the input and both
+  kernels) at the S4D presets' shapes. The layers hold activations as (B, L, H); XLA's FFT
+  transforms the minor-most axis, so an FFT along L makes XLA transpose around it.
+  `time-axis`: `jnp.fft.rfft(u, axis=-2)` on (B, L, H), the layout left to XLA;
+  `channels-first`: an explicit transpose to (B, H, L), FFTs along the last axis, and back.
+scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u_t, forward and
+  backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
+  S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
+  implementations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax
+import jax.numpy as jnp
+
+from functools import partial
+
+from ssm_lra.atomic import write_text
+from ssm_lra.bench.measure import time_calls
+from ssm_lra.bench.report import device_slug, markdown_table
+from ssm_lra.bench.roofline import summarize_times
+from ssm_lra.ssm import scan
+from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
+
+
+# ----------------------------------------------------------------------------------------------
+# conv-layout
+
+
+def conv_time_axis(u, k_circ):
+    L, n = u.shape[-2], k_circ.shape[-1]
+    u_f = jnp.fft.rfft(u, n=n, axis=-2)
+    k_f = jnp.fft.rfft(k_circ, n=n, axis=-1).T
+    return jnp.fft.irfft(u_f * k_f, n=n, axis=-2)[..., :L, :]
+
+
+def conv_channels_first(u, k_circ):
+    L, n = u.shape[-2], k_circ.shape[-1]
+    u_f = jnp.fft.rfft(jnp.swapaxes(u, -1, -2), n=n, axis=-1)  # (B, H, n/2+1)
+    k_f = jnp.fft.rfft(k_circ, n=n, axis=-1)
+    y = jnp.fft.irfft(u_f * k_f, n=n, axis=-1)[..., :L]
+    return jnp.swapaxes(y, -1, -2)
+
+
+def bidirectional_conv(conv):
+    def f(u, k_fwd, k_bwd):
+        return conv(u, bidirectional_circular_kernel(k_fwd, k_bwd, fft_length(u.shape[-2])))
+
+    return f
+
+
+def conv_inputs(B, L, H):
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    primals = (jax.random.normal(k[0], (B, L, H)), jax.random.normal(k[1], (H, L)) / L, jax.random.normal(k[2], (H, L)) / L)
+    return primals, jax.random.normal(k[3], (B, L, H))
+
+
+# ----------------------------------------------------------------------------------------------
+# scan
+
+
+def bidirectional_scan(run):
+    def f(Lambda_bar, Bu):
+        return jnp.concatenate([run(Lambda_bar, Bu, reverse=False), run(Lambda_bar, Bu, reverse=True)], axis=-1)
+
+    return f
+
+
+def scan_inputs(B, L, P):
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    # |Lambda_bar| < 1 as a trained S5's is; the exact values do not change the cost.
+    radius = jax.random.uniform(k[0], (P,), minval=0.9, maxval=0.9999)
+    Lambda_bar = radius * jnp.exp(1j * jax.random.uniform(k[1], (P,), maxval=3.0))
+    Bu = jax.lax.complex(jax.random.normal(k[2], (B, L, P)), jax.random.normal(k[3], (B, L, P)))
+    g = jax.lax.complex(jax.random.normal(k[4], (B, L, 2 * P)), jax.random.normal(k[5], (B, L, 2 * P)))
+    return (Lambda_bar.astype(jnp.complex64), Bu), g
+
+
+LEVERS = {
+    "conv-layout": {
+        "title": "FFT convolution layout (bidirectional, S4D shapes)",
+        "dims": "B x L x H",
+        # (name, batch, length, channels): the S4D presets' training shapes.
+        "shapes": [("listops", 50, 2048, 256), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
+        "inputs": conv_inputs,
+        "variants": {
+            "time-axis": bidirectional_conv(conv_time_axis),
+            "channels-first": bidirectional_conv(conv_channels_first),
+        },
+    },
+    "scan": {
+        "title": "S5 scan (bidirectional, complex64)",
+        "dims": "B x L x P",
+        # (name, batch, length, states kept): S5 (conjugate symmetry, P/2) and S5-PTD (all P).
+        "shapes": [("s5 pathfinder", 64, 1024, 128), ("s5_ptd pathfinder", 64, 1024, 256),
+                   ("s5 pathx", 32, 16384, 128), ("s5_ptd pathx", 32, 16384, 256)],
+        "inputs": scan_inputs,
+        "variants": {
+            "associative": bidirectional_scan(partial(scan.linear_scan, axis=1)),
+            "lti associative": bidirectional_scan(partial(scan.lti_scan, axis=1)),
+            "block matmul 16": bidirectional_scan(partial(scan.lti_block_scan, block=16)),
+            **{f"unrolled {T}": bidirectional_scan(partial(scan.lti_unrolled_scan, block=T)) for T in (4, 8, 16, 32)},
+        },
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def fwd_bwd(f):
+    def run(primals, cotangent):
+        y, pull = jax.vjp(f, *primals)
+        return y, pull(cotangent)
+
+    return jax.jit(run)
+
+
+def measure(lever: dict, name: str, dims: tuple, steps: int) -> list[dict]:
+    primals, cotangent = lever["inputs"](*dims)
+    rows, ref = [], None
+    for variant, f in lever["variants"].items():
+        compiled = fwd_bwd(f).lower(primals, cotangent).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        out = jax.tree.leaves(compiled(primals, cotangent))
+        ref = out if ref is None else ref
+        times = summarize_times(time_calls(compiled, (primals, cotangent), warmup=3, reps=steps))
+        rows.append({
+            "shape": name, "dims": list(dims), "variant": variant,
+            "median_ms": times["median"] * 1e3, "p10_ms": times["p10"] * 1e3, "p90_ms": times["p90"] * 1e3,
+            "xla_gb": float(cost.get("bytes accessed", 0.0)) / 1e9,
+            # Every variant computes the same thing: compared with the first, so a faster wrong one cannot win.
+            "max_rel_diff": max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-30)) for a, b in zip(ref, out)),
+        })
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("lever", choices=sorted(LEVERS))
+    p.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "levers")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--shapes", help="comma-separated shape names (default: all of the lever's)")
+    args = p.parse_args(argv)
+    lever = LEVERS[args.lever]
+    wanted = args.shapes.split(",") if args.shapes else [s[0] for s in lever["shapes"]]
+    rows = [r for name, *dims in lever["shapes"] if name in wanted for r in measure(lever, name, tuple(dims), args.steps)]
+    device = jax.devices()[0]
+    header = ["shape", lever["dims"], "variant", "median ms (p10-p90)", "XLA GB", "max rel diff"]
+    table = markdown_table(header, [
+        [r["shape"], " x ".join(map(str, r["dims"])), r["variant"],
+         f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f})", f"{r['xla_gb']:.2f}", f"{r['max_rel_diff']:.1e}"]
+        for r in rows
+    ])
+    print(table)
+    command = "python scripts/bench_levers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    stem = f"{args.lever}-{device_slug(device.device_kind)}-{dt.datetime.now():%Y-%m-%d_%H%M%S}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"lever": args.lever, "device": device.device_kind, "jax": jax.__version__, "command": command, "rows": rows}
+    write_text(args.out / f"{stem}.json", json.dumps(meta, indent=1) + "\n")
+    write_text(args.out / f"{stem}.md", f"# {lever['title']}, {device.device_kind}\n\njax {jax.__version__}; command: "
+               f"`{command}`. Forward + backward (vjp), median of {args.steps} calls.\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
