@@ -172,7 +172,7 @@ BLOCKED_SCANS = ("blocked", "unrolled")
 
 def apply_s5(
     Lambda, B_tilde, C_tilde, log_dt, u, discretization="zoh", conj_sym=True, bidirectional=False,
-    scan="associative", scan_block=None,
+    scan="lti", scan_block=None,
 ):
     """The SSM part of S5 (without D u): u (B, L, H) real -> (B, L, H) real.
 
@@ -180,8 +180,8 @@ def apply_s5(
     Discretize per state, push the inputs in (B_bar u_k), run x_k = Lambda_bar x_{k-1} + B_bar u_k
     as an associative scan over time (and, if bidirectional, the same recurrence backwards, its
     states concatenated after the forward ones so that [C1 C2] reads both), then read out
-    Re(C~ x), doubled under conjugate symmetry for the dropped conjugate half. `scan_block` T
-    computes the same states blockwise (`scan.lti_block_scan`: matmuls inside blocks of T steps).
+    Re(C~ x), doubled under conjugate symmetry for the dropped conjugate half. `scan` names the
+    way the states are computed (`SCANS`; `scan_block` is the block length of the blocked ones).
     """
     dt = jnp.exp(log_dt)
     Lambda_bar, B_bar = DISCRETIZATIONS[discretization](Lambda[:, None], B_tilde, dt[:, None])
@@ -208,9 +208,12 @@ class S5(Mixer):
         init (block size P/J). conj_sym: keep P/2 states, output 2 Re(.). discretization: zoh |
         bilinear. dt_min, dt_max: log-uniform range of the per-state step. bidirectional: add a
         backward scan with its own C. c_init: see `c_init`. clip_eigs: keep Re(Lambda) <= -1e-4.
-        ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan_block: None (one
-        associative scan over the sequence) or T (blockwise matmuls, `scan.lti_block_scan`: the same
-        states). param_dtype: dtype of the real parameters.
+        ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan: how the states
+        are computed, all giving the same states (`SCANS`): "lti" (an associative scan that moves
+        only B_bar u, Lambda_bar being the same at every step; the fastest on an H200),
+        "associative" (jax.lax.associative_scan of (Lambda_bar, B_bar u) pairs), "blocked" and
+        "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps). scan_block: T for
+        the blocked scans. states). param_dtype: dtype of the real parameters.
     Parameters: Lambda_re, Lambda_im, log_dt (P2,); B (P2, H, 2); C (H, channels * P2, 2); D (H,).
     """
 
@@ -227,7 +230,7 @@ class S5(Mixer):
     c_init: str = "trunc_standard_normal"
     clip_eigs: bool = False
     ssm_init: str = "hippo"
-    scan: str = "associative"
+    scan: str = "lti"
     scan_block: int | None = None
     param_dtype: Any = jnp.float32
 
