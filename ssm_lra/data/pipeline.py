@@ -1,4 +1,4 @@
-"""grain input pipeline: seeded per-epoch shuffling, padding masks, fixed-shape batches, prefetch.
+"""grain input pipeline: seeded per-epoch order, one batch read and vectorized padding per batch, prefetch.
 
 Every batch has the same shape, so the jitted steps compile once: training drops the last partial
 batch (as the reference code bases do), evaluation pads it with examples of weight 0 so that
@@ -17,54 +17,58 @@ import numpy as np
 from ssm_lra.data.tasks import TaskSpec
 
 
-def pad_sequence(x, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Truncate or zero-pad one sequence to `seq_len`: (inputs, mask of its real positions).
+def pad_sequences(
+    sequences: Sequence, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Truncate or zero-pad each sequence to `seq_len`: (inputs, mask of the real positions), stacked.
 
     Tokens become int32 ids (stored value + `offset` at real positions; padding stays 0). Real-valued
-    inputs are stored compactly (e.g. uint8 pixels) and become float32 times `scale`, (seq_len, C).
+    inputs are stored compactly (e.g. uint8 pixels) and become float32 times `scale`, (n, seq_len, C).
     """
-    x = np.asarray(x)
-    n = min(len(x), seq_len)
+    sequences = [np.asarray(x) for x in sequences]
+    lengths = np.array([min(len(x), seq_len) for x in sequences], np.int64)
     if tokens:
-        inputs = np.zeros((seq_len,), np.int32)
-        inputs[:n] = x[:n].astype(np.int32) + np.int32(offset)
+        inputs = np.zeros((len(sequences), seq_len), np.int32)
     else:
-        x = x.reshape(len(x), -1).astype(np.float32) * np.float32(scale)
-        inputs = np.zeros((seq_len, x.shape[1]), np.float32)
-        inputs[:n] = x[:n]
-    mask = np.zeros((seq_len,), np.float32)
-    mask[:n] = 1.0
+        channels = sequences[0].reshape(len(sequences[0]), -1).shape[1] if sequences else 1
+        inputs = np.zeros((len(sequences), seq_len, channels), np.float32)
+    for row, x, n in zip(inputs, sequences, lengths):
+        row[:n] = x[:n].reshape(row[:n].shape)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.float32)
+    if tokens:
+        inputs += np.int32(offset) * mask.astype(np.int32)
+    else:
+        inputs *= np.float32(scale)
     return inputs, mask
 
 
-def pad_example(
-    example: dict, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0, dual: bool = False
+def collate(
+    examples: Sequence[dict], seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0, dual: bool = False
 ) -> dict:
-    """One example as fixed-shape arrays: inputs (L,) or (L, C), mask (L,), label, weight 1.
+    """Examples as one fixed-shape batch: inputs (n, L) or (n, L, C), mask (n, L), label, weight 1.
 
-    `dual` (two documents per example, stored as "inputs1" and "inputs2"): inputs (2, L[, C]) and
-    mask (2, L), each document truncated / padded on its own.
+    `dual` (two documents per example, stored as "inputs1" and "inputs2"): inputs (n, 2, L[, C]) and
+    mask (n, 2, L), each document truncated / padded on its own.
     """
     if dual:
-        pairs = [pad_sequence(example[k], seq_len, tokens, scale, offset) for k in ("inputs1", "inputs2")]
-        inputs, mask = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        pairs = [pad_sequences([ex[k] for ex in examples], seq_len, tokens, scale, offset) for k in ("inputs1", "inputs2")]
+        inputs, mask = np.stack([p[0] for p in pairs], axis=1), np.stack([p[1] for p in pairs], axis=1)
     else:
-        inputs, mask = pad_sequence(example["inputs"], seq_len, tokens, scale, offset)
-    return {"inputs": inputs, "mask": mask, "label": np.int32(example["label"]), "weight": np.float32(1.0)}
+        inputs, mask = pad_sequences([ex["inputs"] for ex in examples], seq_len, tokens, scale, offset)
+    label = np.array([ex["label"] for ex in examples], np.int32)
+    return {"inputs": inputs, "mask": mask, "label": label, "weight": np.ones(len(examples), np.float32)}
 
 
-def pad_batch(batch: dict, batch_size: int) -> dict:
-    """Fill a short final batch with copies of its first row, weighted 0."""
-    n = len(batch["label"])
-    if n == batch_size:
-        return batch
-    out = {}
-    for key, value in batch.items():
-        filler = np.repeat(value[:1], batch_size - n, axis=0)
-        if key == "weight":
-            filler = np.zeros_like(filler)
-        out[key] = np.concatenate([value, filler], axis=0)
-    return out
+def pad_example(example: dict, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0, dual: bool = False) -> dict:
+    """One example as fixed-shape arrays (`collate` of a batch of one, without the batch axis)."""
+    return {key: value[0] for key, value in collate([example], seq_len, tokens, scale, offset, dual).items()}
+
+
+def read_examples(source: Sequence, indices: np.ndarray) -> list:
+    """source[i] for each index, through the source's batch read where it has one (TFDS's data sources)."""
+    indices = [int(i) for i in indices]
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(indices)) if getitems is not None else [source[i] for i in indices]
 
 
 def num_batches(num_examples: int, batch_size: int, train: bool) -> int:
@@ -73,6 +77,13 @@ def num_batches(num_examples: int, batch_size: int, train: bool) -> int:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_order(num_examples: int, train: bool, seed: int, epoch: int) -> np.ndarray:
+    """The order an epoch reads the examples in: a permutation seeded by (seed, epoch) for training."""
+    if not train:
+        return np.arange(num_examples)
+    return np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
 
 
 def batches(
@@ -92,50 +103,33 @@ def batches(
 ) -> Iterator[dict]:
     """The batches of one epoch, from batch index `start`, at most `limit` of them.
 
-    With several processes (multi-host), each yields only its contiguous 1/process_count share of
-    the rows of every batch, and reads only those examples.
+    Each batch is read and padded as a whole (one batch read from the source, vectorized padding):
+    per-example Python work would cost more host time than a step of the smaller models, and the
+    pipeline's threads would take the interpreter lock from the loop that feeds the device. A short
+    final evaluation batch is filled with copies of the last example, weighted 0. With several
+    processes (multi-host), each yields only its contiguous 1/process_count share of the rows of
+    every batch, and reads only those examples.
     """
-    ds = grain.MapDataset.source(source)
-    if train:
-        ds = ds.shuffle(seed=epoch_seed(seed, epoch))
+    from ssm_lra.engine.distributed import host_rows
+
+    n = len(source)
+    order = epoch_order(n, train, seed, epoch)
+    count = num_batches(n, batch_size, train)
+    rows = host_rows(count * batch_size, batch_size, process_index, process_count).reshape(count, -1)
     pad = functools.partial(
-        pad_example,
-        seq_len=spec.seq_len,
-        tokens=spec.tokens,
-        scale=spec.input_scale,
-        offset=spec.token_offset,
+        collate, seq_len=spec.seq_len, tokens=spec.tokens, scale=spec.input_scale, offset=spec.token_offset,
         dual=spec.dual,
     )
-    if process_count > 1:
-        from ssm_lra.engine.distributed import host_rows
 
-        n_rows = num_batches(len(ds), batch_size, train) * batch_size
-        rows = _Rows(ds, host_rows(n_rows, batch_size, process_index, process_count))
-        ds = grain.MapDataset.source(rows).map(lambda item: {**pad(item[0]), "weight": np.float32(item[1])})
-        ds = ds.batch(batch_size // process_count)
-    else:
-        ds = ds.map(pad)
-        ds = ds.batch(batch_size, drop_remainder=train)
-        if not train:
-            ds = ds.map(functools.partial(pad_batch, batch_size=batch_size))
-    stop = len(ds) if limit is None else min(len(ds), limit)
-    ds = ds.slice(slice(start, stop))
+    def read_batch(index: int) -> dict:
+        positions = rows[index]
+        batch = pad(read_examples(source, order[np.minimum(positions, n - 1)]))
+        batch["weight"] = (positions < n).astype(np.float32)
+        return batch
+
+    stop = count if limit is None else min(count, limit)
+    ds = grain.MapDataset.range(start, stop).map(read_batch)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
-
-
-class _Rows:
-    """Random access to chosen positions of a dataset: (example, weight); positions past its end
-    (the padding of a final evaluation batch) repeat the last example with weight 0."""
-
-    def __init__(self, ds, rows: np.ndarray):
-        self.ds, self.rows = ds, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j):
-        i = int(self.rows[j])
-        return self.ds[min(i, len(self.ds) - 1)], float(i < len(self.ds))
 
 
 def prefetch_to_device(iterator: Iterator[dict], size: int = 2, sharding=None) -> Iterator[dict]:

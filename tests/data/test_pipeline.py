@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ssm_lra.data.pipeline import batches, num_batches, pad_example
+from ssm_lra.data.pipeline import batches, collate, num_batches, pad_example
 from ssm_lra.data.tasks import TaskSpec
 
 SPEC = TaskSpec("toy", seq_len=6, num_classes=10, vocab_size=20)
@@ -51,6 +51,52 @@ def test_train_shuffle_is_seeded_per_epoch_and_resumable():
     assert first_tokens(batches(src, SPEC, 4, train=True, seed=7, epoch=0, start=3, limit=5)) == epoch0[3:5]
     # Each epoch is a permutation: every example exactly once (no partial batch here).
     assert sorted(t for b in epoch0 for t in b) == sorted(int(ex["inputs"][0]) for ex in src)
+
+
+class BatchReadSource:
+    """A source with a batch read (as TFDS's data sources have), counting how it is read."""
+
+    def __init__(self, examples):
+        self.examples, self.batch_reads, self.single_reads = examples, 0, 0
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        self.single_reads += 1
+        return self.examples[i]
+
+    def __getitems__(self, indices):
+        self.batch_reads += 1
+        return [self.examples[i] for i in indices]
+
+
+def test_batches_read_the_source_a_batch_at_a_time_and_match_a_plain_source():
+    src = source(23)
+    counted = BatchReadSource(src)
+    kwargs = dict(train=True, seed=3, epoch=2, threads=0, prefetch=0)
+    via_batch_reads = list(batches(counted, SPEC, 4, **kwargs))
+    assert counted.batch_reads == len(via_batch_reads) == num_batches(23, 4, train=True) and counted.single_reads == 0
+    for a, b in zip(via_batch_reads, batches(src, SPEC, 4, **kwargs)):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_collate_equals_padding_each_example_by_hand():
+    rng = np.random.default_rng(1)
+    examples = [{"inputs": rng.integers(0, 255, rng.integers(1, 12)).astype(np.uint8), "label": i} for i in range(7)]
+    batch = collate(examples, 8, tokens=True, offset=1)
+    for row, ex in enumerate(examples):
+        n = min(len(ex["inputs"]), 8)
+        expected = np.zeros(8, np.int32)
+        expected[:n] = ex["inputs"][:n].astype(np.int32) + 1
+        np.testing.assert_array_equal(batch["inputs"][row], expected)
+        np.testing.assert_array_equal(batch["mask"][row], np.arange(8) < n)
+    np.testing.assert_array_equal(batch["label"], np.arange(7))
+    pixels = collate(examples, 8, tokens=False, scale=1 / 255)
+    assert pixels["inputs"].shape == (7, 8, 1) and pixels["inputs"].dtype == np.float32
+    first = examples[0]["inputs"]
+    np.testing.assert_allclose(pixels["inputs"][0, : len(first), 0], first.astype(np.float32) / 255, rtol=1e-6)
 
 
 def test_token_offset_shifts_real_positions_only():
