@@ -68,10 +68,13 @@ def preset_exists(model: str) -> bool:
     return (REPO / "conf" / "experiment" / model / f"{TASK}.yaml").is_file()
 
 
-def train_command(model: str, data: Path, run_dir: Path, eval_every: int, overrides: Sequence[str]) -> list[str]:
+def train_command(
+    model: str, data: Path, run_dir: Path, eval_every: int, overrides: Sequence[str], resume: bool = False
+) -> list[str]:
     return [
         sys.executable, "-m", "ssm_lra.train", f"experiment={model}/{TASK}", f"data.root={data}", "logger=none",
-        f"trainer.eval_every_steps={eval_every}", "trainer.resume=false", f"hydra.run.dir={run_dir}", *overrides,
+        f"trainer.eval_every_steps={eval_every}", f"trainer.resume={str(resume).lower()}", f"hydra.run.dir={run_dir}",
+        *overrides,
     ]
 
 
@@ -256,6 +259,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500, help="trainer.eval_every_steps (default 500)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
     p.add_argument("--runs", type=Path, default=Path("outputs/tta"), help="run directories go here")
+    p.add_argument(
+        "--resume-dir", type=Path,
+        help="run each model in DIR/<model>, continuing the run found there: a run in segments (e.g. one "
+        "device lease each, DIR carried between them); time_s continues across segments",
+    )
     p.add_argument("--out", type=Path, default=Path("results/tta"), help="JSON and Markdown results folder")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
@@ -298,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": args.target,
         "max_minutes": args.max_minutes,
         "eval_every": args.eval_every,
+        "resume_dir": str(args.resume_dir) if args.resume_dir else None,
         "overrides": overrides,
         "rows": [],
     }
@@ -309,12 +318,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not preset_exists(model):
             row["status"] = "no preset"
         else:
-            run_dir = (args.runs / f"{model}-{started:%Y%m%d_%H%M%S}").resolve()
-            cmd = train_command(model, args.data.resolve(), run_dir, args.eval_every, overrides)
+            if args.resume_dir:
+                run_dir = (args.resume_dir / model).resolve()
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                log_path = run_dir.parent / f"{model}-{started:%Y%m%d_%H%M%S}.log"
+            else:
+                run_dir = (args.runs / f"{model}-{started:%Y%m%d_%H%M%S}").resolve()
+                log_path = args.runs / f"{run_dir.name}.log"
+            cmd = train_command(model, args.data.resolve(), run_dir, args.eval_every, overrides, bool(args.resume_dir))
             print(f"tta: {model}: {shlex.join(cmd)}", flush=True)
             row["command"] = shlex.join(cmd)
             row["run_dir"] = str(run_dir)
-            row.update(watch_run(cmd, run_dir, args.runs / f"{run_dir.name}.log", args.target,
+            row.update(watch_run(cmd, run_dir, log_path, args.target,
                                  args.max_minutes * 60, args.poll))
         doc["rows"].append(row)
         print(f"tta: {model}: {row['status']}"
