@@ -13,6 +13,13 @@ scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u
   backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
   S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
   implementations.
+cauchy: S4's Cauchy sums at the generating function's nodes (bidirectional: 2 channels, so 3 x 2
+  left vectors), H 256, N/2 32, at the S4 presets' lengths. `reciprocals + matmul` (ssm.s4): the
+  (H, N/2, nodes) reciprocals are formed once and contracted; `fused sum`: the fractions are
+  summed over n where they are formed, which XLA can fuse into one reduction, never storing them.
+s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
+  presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
+  (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
 from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
+from ssm_lra.ssm.s4 import cauchy_conj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,6 +100,55 @@ def scan_inputs(B, L, P):
     return (Lambda_bar.astype(jnp.complex64), Bu), g
 
 
+# ----------------------------------------------------------------------------------------------
+# cauchy
+
+
+def cauchy_fused(v, z, w):
+    """ssm.s4.cauchy_conj, with the fractions summed over n where they are formed."""
+    z, w = z[..., None, :], w[..., None]
+    return jnp.sum(v[..., None] / (z - w) + jnp.conj(v)[..., None] / (z - jnp.conj(w)), axis=-2)
+
+
+def random_complex(key, shape):
+    re, im = jax.random.normal(key, (2, *shape))
+    return jax.lax.complex(re, im)
+
+
+def cauchy_inputs(H, N2, L):
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    M = L // 2 + 1
+    v = random_complex(k[0], (3, 2, H, N2))
+    # Nodes on the imaginary axis (bilinear nodes of the unit circle), poles in the left half plane.
+    z = 1j * jnp.tan(jnp.pi * jnp.arange(M) / L)[None, :] * jnp.ones((H, 1)) + 1e-3
+    w = -jnp.abs(random_complex(k[1], (H, N2)).real) - 0.5 + 1j * random_complex(k[2], (H, N2)).imag * 10
+    return (v, z.astype(jnp.complex64), w.astype(jnp.complex64)), random_complex(k[3], (3, 2, H, M))
+
+
+# ----------------------------------------------------------------------------------------------
+# s5-projections
+
+
+def projections_complex(u, B_bar, C, xs):
+    Bu = jnp.einsum("blh,ph->blp", u.astype(B_bar.dtype), B_bar)
+    return Bu, jnp.einsum("blp,hp->blh", xs, C).real
+
+
+def projections_real(u, B_bar, C, xs):
+    Bu = jax.lax.complex(jnp.einsum("blh,ph->blp", u, B_bar.real), jnp.einsum("blh,ph->blp", u, B_bar.imag))
+    return Bu, jnp.einsum("blp,hp->blh", xs.real, C.real) - jnp.einsum("blp,hp->blh", xs.imag, C.imag)
+
+
+def projection_inputs(B, L, H, P):
+    """P states pushed in (B_bar u) and 2P read out (both directions)."""
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    u = jax.random.normal(k[0], (B, L, H))
+    B_bar = random_complex(k[1], (P, H)) / H**0.5
+    C = random_complex(k[2], (H, 2 * P)) / P**0.5
+    xs = random_complex(k[3], (B, L, 2 * P))
+    return (u, B_bar, C, xs), (random_complex(k[4], (B, L, P)), jax.random.normal(k[5], (B, L, H)))
+
+
 LEVERS = {
     "conv-layout": {
         "title": "FFT convolution layout (bidirectional, S4D shapes)",
@@ -117,6 +174,22 @@ LEVERS = {
             "block matmul 16": bidirectional_scan(partial(scan.lti_block_scan, block=16)),
             **{f"unrolled {T}": bidirectional_scan(partial(scan.lti_unrolled_scan, block=T)) for T in (4, 8, 16, 32)},
         },
+    },
+    "cauchy": {
+        "title": "S4 Cauchy sums (bidirectional kernel, H 256, N/2 32)",
+        "dims": "H x N/2 x L",
+        "shapes": [("listops", 256, 32, 2048), ("pathfinder", 256, 32, 1024), ("pathx", 256, 32, 16384)],
+        "inputs": cauchy_inputs,
+        "variants": {"reciprocals + matmul": cauchy_conj, "fused sum": cauchy_fused},
+    },
+    "s5-projections": {
+        "title": "S5 input and output projections",
+        "dims": "B x L x H x P",
+        # P: the states kept (S5 halves them under conjugate symmetry); the readout reads 2P.
+        "shapes": [("s5 pathfinder", 64, 1024, 192, 128), ("s5_ptd pathfinder", 64, 1024, 192, 256),
+                   ("s5 pathx", 32, 16384, 128, 128), ("s5_ptd pathx", 32, 16384, 128, 256)],
+        "inputs": projection_inputs,
+        "variants": {"complex": projections_complex, "real": projections_real},
     },
 }
 
