@@ -4,14 +4,16 @@ The pair (a, b) stands for the affine map x -> a x + b; composing "first i, then
 (a_j a_i, a_j b_i + b_j). That operator is associative, so the whole sequence of states is a
 prefix scan in O(log L) depth.
 
-Two ways to run it:
+The ways to run it:
 - `linear_scan`: one associative scan over the whole sequence. Simple and fastest for short inputs,
   but the scan and its backward pass hold several arrays of the full (L, *state) size.
-- `lti_block_scan`: for a time-invariant diagonal `a` (S5's Lambda_bar), the states inside blocks of
-  T steps are one batched matmul with the (T, T) lower-triangular matrix of powers a^(t-s) per
-  state, and only the block ends go through an associative scan (L/T of them). It reads b and
-  writes the states about once, where the associative scan of the whole sequence broadcasts a to
-  b's size and moves both through every level.
+- `lti_scan`: the same recursion for a time-invariant `a` (S5's Lambda_bar): the multiplier of
+  every element at level k is a^(2^k), so a stays small and only b moves through the levels. The
+  fastest on an H200 for S5 (results/bench/NOTES.md).
+- `lti_block_scan` / `lti_unrolled_scan`: time-invariant too; inside blocks of T steps the states
+  are one batched matmul with the (T, T) lower-triangular matrix of powers a^(t-s) per state, or T
+  unrolled elementwise steps, and only the block ends (L/T of them) go through `lti_scan`. They read
+  b and write the states about once, but were slower than `lti_scan` on an H200.
 - `chunked_scan` / `chunked_linear_scan`: associative scans inside chunks of `chunk_size` steps,
   the state carried from chunk to chunk by `jax.lax.scan`, and each chunk rematerialized in the
   backward pass (`jax.checkpoint`). Only the carries (one state per chunk) are saved for the
@@ -99,21 +101,13 @@ def lti_block_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False
     """
     if reverse:
         return jnp.flip(lti_block_scan(a, jnp.flip(b, axis=1), block), axis=1)
-    batch, L, P = b.shape
+    a, blocks, powers = _split_blocks(a, b, block)
     T = block
-    n = -(-L // T)
-    dtype = jnp.result_type(a, b)
-    a = a.astype(dtype)
-    blocks = jnp.pad(b.astype(dtype), ((0, 0), (0, n * T - L), (0, 0))).reshape(batch, n, T, P)
     t = jnp.arange(T)
-    powers = a[None, :] ** jnp.arange(T + 1)[:, None]  # (T + 1, P): a^0 .. a^T
     lag = t[:, None] - t[None, :]
     within = jnp.where((lag >= 0)[..., None], powers[jnp.clip(lag, 0, T)], 0)  # (T, T, P)
     local = jnp.einsum("tsp,bnsp->bntp", within, blocks, precision=jax.lax.Precision.HIGHEST)
-    ends = linear_scan(powers[T], local[:, :, -1, :], axis=1)  # (batch, n, P): state at each block's end
-    before = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
-    states = local + powers[1:][None, None] * before[:, :, None, :]
-    return states.reshape(batch, n * T, P)[:, :L]
+    return _join_blocks(local, powers, b.shape[1])
 
 
 def lti_unrolled_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = False) -> jax.Array:
@@ -124,22 +118,34 @@ def lti_unrolled_scan(a: jax.Array, b: jax.Array, block: int, reverse: bool = Fa
     """
     if reverse:
         return jnp.flip(lti_unrolled_scan(a, jnp.flip(b, axis=1), block), axis=1)
+    a, blocks, powers = _split_blocks(a, b, block)
+    x = blocks[:, :, 0]
+    local = [x]
+    for t in range(1, block):
+        x = a * x + blocks[:, :, t]
+        local.append(x)
+    return _join_blocks(jnp.stack(local, axis=2), powers, b.shape[1])
+
+
+def _split_blocks(a, b, T: int):
+    """a in the common dtype; b (batch, L, P) zero-padded and cut into (batch, L/T, T, P) blocks;
+    the powers a^0 .. a^T, (T + 1, P)."""
     batch, L, P = b.shape
-    T = block
     n = -(-L // T)
     dtype = jnp.result_type(a, b)
     a = a.astype(dtype)
     blocks = jnp.pad(b.astype(dtype), ((0, 0), (0, n * T - L), (0, 0))).reshape(batch, n, T, P)
-    x = blocks[:, :, 0]
-    local = [x]
-    for t in range(1, T):
-        x = a * x + blocks[:, :, t]
-        local.append(x)
-    local = jnp.stack(local, axis=2)  # (batch, n, T, P)
-    powers = a[None, :] ** jnp.arange(1, T + 1)[:, None]  # (T, P): a^1 .. a^T
-    ends = lti_scan(powers[-1], local[:, :, -1], axis=1)
+    return a, blocks, a[None, :] ** jnp.arange(T + 1)[:, None]
+
+
+def _join_blocks(local, powers, L: int):
+    """The states from each block's own states (started from 0), (batch, n, T, P): the block ends
+    are carried across blocks by a scan with multiplier a^T, and block j adds a^(t+1) times the
+    state that ended block j-1."""
+    batch, n, T, P = local.shape
+    ends = lti_scan(powers[T], local[:, :, -1], axis=1)  # (batch, n, P)
     before = jnp.concatenate([jnp.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
-    states = local + powers[None, None] * before[:, :, None, :]
+    states = local + powers[1:][None, None] * before[:, :, None, :]
     return states.reshape(batch, n * T, P)[:, :L]
 
 
