@@ -16,11 +16,15 @@ from ssm_lra.bench import roofline as rl
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_tta():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "scripts" / "time_to_accuracy.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tta():
+    return load_script("time_to_accuracy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,3 +224,25 @@ def test_bench_smoke_end_to_end(tmp_path):
         )
         assert row["experiment"] in md
     assert "Command:" in md and "Measured ceilings" in md and env["jax_version"] in md
+
+
+# ----------------------------------------------------------------------------------------------
+# Real data against random inputs.
+
+
+def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
+    rvr = load_script("real_vs_random")
+    records = [
+        {"split": "train", "step": 50, "time_s": 20.0},  # compilation before it: no window ends here
+        {"split": "train", "step": 100, "time_s": 21.0},  # 50 steps x 4 / 1 s = 200
+        {"split": "train", "step": 150, "time_s": 23.0},  # 100
+        {"split": "validation", "step": 150, "time_s": 30.0},
+        {"split": "train", "step": 200, "time_s": 31.0},  # holds the evaluation: left out
+        {"split": "train", "step": 250, "time_s": 32.0},  # 200
+    ]
+    assert rvr.training_windows(records, batch_size=4) == [200.0, 100.0, 200.0]
+    result = rvr.compare([200.0, 100.0, 200.0], bench_rate=205.0)
+    assert result["real_median"] == 200.0 and result["within_5_percent"]
+    assert not rvr.compare([180.0], bench_rate=200.0)["within_5_percent"]
+    with pytest.raises(ValueError):
+        rvr.compare([], bench_rate=200.0)
