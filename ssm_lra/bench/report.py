@@ -100,7 +100,12 @@ def ceilings_lines(env: dict) -> list[str]:
     lines = [
         (
             f"- memory bandwidth: {bw['bytes_per_s'] / 1e9:,.0f} GB/s (y = 1.0001 x over "
-            f"{bw['array_bytes'] / 2**20:,.0f} MiB of float32, bytes read + written, median of 20)"
+            f"{bw['array_bytes'] / 2**20:,.0f} MiB of float32, bytes read + written, median of 20"
+            + "".join(
+                f"; {c['array_bytes'] / 2**20:,.0f} MiB: {c['bytes_per_s'] / 1e9:,.0f} GB/s"
+                for c in ceilings.get("bandwidth_by_size", []) if c is not bw
+            )
+            + ")"
         ),
     ]
     for key, label in (
