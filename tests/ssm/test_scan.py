@@ -226,8 +226,8 @@ def test_lti_block_scan_gradients_match_the_associative_scan():
     def loss(scan, a, b):
         return jnp.sum(w * jnp.abs(scan(a, b)) ** 2)
 
-    blocked = jax.grad(lambda a, b: loss(lambda a, b: lti_block_scan(a, b, 4), a, b), argnums=(0, 1))
-    plain = jax.grad(lambda a, b: loss(lambda a, b: linear_scan(a, b, axis=1), a, b), argnums=(0, 1))
+    blocked = jax.jit(jax.grad(lambda a, b: loss(lambda a, b: lti_block_scan(a, b, 4), a, b), argnums=(0, 1)))
+    plain = jax.jit(jax.grad(lambda a, b: loss(lambda a, b: linear_scan(a, b, axis=1), a, b), argnums=(0, 1)))
     for g1, g2 in zip(blocked(jnp.asarray(a), jnp.asarray(b)), plain(jnp.asarray(a), jnp.asarray(b))):
         np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-12)
 
@@ -278,7 +278,8 @@ def test_time_invariant_scan_gradients_match_the_associative_scan(scan):
     def loss(run, a, b):
         return jnp.sum(w * jnp.abs(run(a, b)) ** 2)
 
-    grads = jax.grad(lambda a, b: loss(fast, a, b), argnums=(0, 1))(jnp.asarray(a), jnp.asarray(b))
-    ref = jax.grad(lambda a, b: loss(lambda a, b: linear_scan(a, b, axis=1), a, b), argnums=(0, 1))(jnp.asarray(a), jnp.asarray(b))
+    grads = jax.jit(jax.grad(lambda a, b: loss(fast, a, b), argnums=(0, 1)))(jnp.asarray(a), jnp.asarray(b))
+    plain = jax.grad(lambda a, b: loss(lambda a, b: linear_scan(a, b, axis=1), a, b), argnums=(0, 1))
+    ref = jax.jit(plain)(jnp.asarray(a), jnp.asarray(b))
     for g1, g2 in zip(grads, ref):
         np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-12)
