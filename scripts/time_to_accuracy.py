@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ssm_lra import atomic
-from ssm_lra.bench.report import device_slug, markdown_table
+from ssm_lra.bench.report import command_block, device_slug, markdown_table
 
 TASK = "pathfinder"
 
@@ -226,12 +226,7 @@ def markdown(doc: dict) -> str:
             f"overrides {' '.join(doc['overrides']) or 'none'}. Commit {doc['git_commit']}."
         ),
         "",
-        "Command:",
-        "",
-        "```",
-        doc["command"],
-        "```",
-        "",
+        *command_block(doc["command"]),
         markdown_table(columns, cells),
         "",
         (

@@ -86,6 +86,11 @@ def layer_cells(row: dict) -> list[str]:
     ]
 
 
+def command_block(command: str) -> list[str]:
+    """Markdown lines giving the exact command that produced a results file, then a blank line."""
+    return ["Command:", "", "```", command, "```", ""]
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in rows]
@@ -131,12 +136,7 @@ def markdown(doc: dict) -> str:
             f"python {env.get('python_version', '-')}; commit {doc.get('git_commit', '-')}."
         ),
         "",
-        "Command:",
-        "",
-        "```",
-        doc["command"],
-        "```",
-        "",
+        *command_block(doc["command"]),
         (
             f"Settings: {doc['settings']['warmup']} warm-up + {doc['settings']['steps']} timed steps per experiment "
             "after compilation, random inputs of the task's shapes; each experiment in its own process. "
