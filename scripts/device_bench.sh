@@ -16,11 +16,7 @@ shift 3 2>/dev/null || shift $#
 out=${OUT:-results/bench}
 mkdir -p "$out"
 # Wheels (.whl, from scripts/device_wheels.sh) are installed only where the deps are missing.
-if ! python3 -c "import hydra, omegaconf, flax, optax, rich" 2>/dev/null && compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>/dev/null || true
 # Models and tasks that have no preset at all are dropped here, so that the bench never stops on
 # a name; model x task pairs without a preset are listed by the bench as "no preset".

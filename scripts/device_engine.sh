@@ -5,8 +5,8 @@
 #  2. Mixed precision: S4D on generated ListOps at the published size, float32 and bfloat16.
 # Results (metrics, summaries, a comparison) land in $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SSM_LRA_CACHE=/tmp/ssm_cache SSM_LRA_GIT_COMMIT=${SSM_LRA_GIT_COMMIT:-unknown}
+source scripts/device_env.sh
+export SSM_LRA_GIT_COMMIT=${SSM_LRA_GIT_COMMIT:-unknown}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; RES=/tmp/res; mkdir -p $RES
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"

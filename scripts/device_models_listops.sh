@@ -6,8 +6,7 @@
 set -uo pipefail
 steps=${1:-300}; shift || true
 models=${*:-s4 s4d s4_ptd s5 s5_ptd mamba}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SSM_LRA_CACHE=/tmp/ssm_cache
+source scripts/device_env.sh
 # The device copy has no .git: pass SSM_LRA_GIT_COMMIT=$(git rev-parse HEAD) in the command to record it.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"

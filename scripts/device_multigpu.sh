@@ -8,8 +8,8 @@
 #   SSM_LRA_GIT_COMMIT=<hash from your checkout> bash scripts/device_multigpu.sh [EXPERIMENTS] [STEPS]
 set -uo pipefail
 experiments=${1:-s5_ptd/pathfinder,s4d/pathfinder,s5_ptd/pathx}; steps=${2:-200}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SSM_LRA_CACHE=/tmp/ssm_cache SSM_LRA_GIT_COMMIT=${SSM_LRA_GIT_COMMIT:-unknown}
+source scripts/device_env.sh
+export SSM_LRA_GIT_COMMIT=${SSM_LRA_GIT_COMMIT:-unknown}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; RES=/tmp/multigpu; mkdir -p $RES
 n=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader

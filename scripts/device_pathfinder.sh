@@ -5,8 +5,7 @@
 #   bash scripts/device_pathfinder.sh EXPERIMENT SECONDS NUM_IMAGES EVAL_EVERY [extra overrides...]
 set -uo pipefail
 experiment=${1:-s4d/pathfinder}; seconds=${2:-300}; num=${3:-60000}; every=${4:-250}; shift 4 || true
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SSM_LRA_CACHE=/tmp/ssm_cache
+source scripts/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 start=$(date +%s)
 python3 -m ssm_lra.data generate --task pathfinder32 --out /tmp/pf32 --num "$num" --seed 0 --workers 16 --no-progress || exit 1

@@ -10,11 +10,7 @@
 # 100,000 with 16 workers), and the same 80/10/10 split.
 set -uo pipefail
 minutes=${1:-8}; models=${2:-s5_ptd,s4d}; num=${3:-100000}; every=${4:-625}; shift 4 2>/dev/null || shift $#
-if ! python3 -c "import hydra, omegaconf, flax, optax, rich" 2>/dev/null && compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 SSM_LRA_CACHE=${SSM_LRA_CACHE:-/tmp/ssm_cache}
+source scripts/device_env.sh
 out=${OUT:-results/tta}
 mkdir -p "$out" .tta
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
