@@ -214,6 +214,8 @@ def test_bench_smoke_end_to_end(tmp_path):
         assert times["n"] == 3 and 0 < times["min"] <= times["p10"] <= times["median"] <= times["p90"] <= times["max"]
         assert step["seq_per_s"] == pytest.approx(4 / times["median"])
         assert step["tokens_per_s"] == pytest.approx(4 * 64 / times["median"])
+        assert step["back_to_back_seq_per_s"] == pytest.approx(4 / step["back_to_back_step_s"])
+        assert 0 < step["back_to_back_step_s"] <= 2 * times["max"]
         assert step["step_cost"]["flops"] > 0
         layer = row["layer"]
         assert layer["xla"]["flops"] > 0 and layer["xla"]["bytes_accessed"] > 0
@@ -224,6 +226,16 @@ def test_bench_smoke_end_to_end(tmp_path):
         )
         assert row["experiment"] in md
     assert "Command:" in md and "Measured ceilings" in md and env["jax_version"] in md
+
+
+def test_time_back_to_back_runs_each_step_once_in_order():
+    from ssm_lra.bench.measure import time_back_to_back
+
+    def step(state, batch):
+        return state * 2 + batch, {"loss": state}
+
+    state, metrics, seconds = time_back_to_back(step, 1, 1, steps=3)
+    assert (state, metrics["loss"]) == (15, 7) and seconds >= 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,6 +253,9 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
         {"split": "train", "step": 250, "time_s": 32.0},  # 200
     ]
     assert rvr.training_windows(records, batch_size=4) == [200.0, 100.0, 200.0]
+    assert rvr.training_windows(records, batch_size=4, from_step=150) == [200.0]
+    assert rvr.bench_rate({"step": {"seq_per_s": 90.0, "back_to_back_seq_per_s": 110.0}}) == (110.0, "back to back")
+    assert rvr.bench_rate({"step": {"seq_per_s": 90.0}}) == (90.0, "waited steps")
     result = rvr.compare([200.0, 100.0, 200.0], bench_rate=205.0)
     assert result["real_median"] == 200.0 and result["within_5_percent"]
     assert not rvr.compare([180.0], bench_rate=200.0)["within_5_percent"]

@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = dict(zip(report.STEP_COLUMNS, report.step_cells(row)))
         print(
             f"[{i}/{len(experiments)}] {experiment}: {cells['status']}, step {cells['step ms (p10-p90)']} ms, "
-            f"{cells['seq/s']} seq/s, peak {cells['peak GiB']} GiB, layer {row.get('layer_status', '-')}",
+            f"{cells['seq/s']} seq/s ({cells['seq/s back to back']} back to back), peak {cells['peak GiB']} GiB, layer {row.get('layer_status', '-')}",
             flush=True,
         )
     save()

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 STEP_COLUMNS = [
-    "experiment", "status", "B x L", "params", "compile s", "step ms (p10-p90)", "seq/s", "tokens/s", "peak GiB",
+    "experiment", "status", "B x L", "params", "compile s", "step ms (p10-p90)", "seq/s", "seq/s back to back", "tokens/s",
+    "peak GiB",
     "XLA temp GiB",
 ]
 LAYER_COLUMNS = [
@@ -59,6 +60,7 @@ def step_cells(row: dict) -> list[str]:
         fmt(step.get("compile_s"), ".1f"),
         spread,
         fmt(step.get("seq_per_s"), ",.0f"),
+        fmt(step.get("back_to_back_seq_per_s"), ",.0f"),
         fmt(step.get("tokens_per_s"), ",.0f"),
         fmt(peak, ".2f", 1 / 2**30),
         fmt(_get(step, "step_cost", "memory", "temp_bytes"), ".2f", 1 / 2**30),
@@ -148,6 +150,12 @@ def markdown(doc: dict) -> str:
         *ceilings_lines(env),
         "",
         "## Training step (forward, backward, optimizer update)",
+        "",
+        (
+            "Step ms: each step waited for before the next starts (median, p10-p90 of the timed steps); seq/s = "
+            "batch / median. 'seq/s back to back': the same number of steps queued without a wait, one wait at "
+            "the end, as the training loop runs them (the device never waits for the host between steps)."
+        ),
         "",
         markdown_table(STEP_COLUMNS, [step_cells(r) for r in rows]),
         "",
