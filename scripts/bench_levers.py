@@ -17,6 +17,10 @@ cauchy: S4's Cauchy sums at the generating function's nodes (bidirectional: 2 ch
   left vectors), H 256, N/2 32, at the S4 presets' lengths. `reciprocals + matmul` (ssm.s4): the
   (H, N/2, nodes) reciprocals are formed once and contracted; `fused sum`: the fractions are
   summed over n where they are formed, which XLA can fuse into one reduction, never storing them.
+s4-kernel: S4's whole kernel (parameters -> (2, H, L) real kernel, vjp with respect to all six
+  parameter arrays) at the S4 presets' H, N and L: `cauchy + irfft` (ssm.s4.s4_kernel, the
+  default) against `matrix powers` (s4_kernel_powers: repeated squaring of the real N x N Abar,
+  blocked (Q x N) @ (N x T) product).
 s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
   presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
   (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
@@ -44,7 +48,8 @@ from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
 from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
-from ssm_lra.ssm.s4 import cauchy_conj
+from ssm_lra.ssm.hippo import dplr_legs
+from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,6 +131,31 @@ def cauchy_inputs(H, N2, L):
 
 
 # ----------------------------------------------------------------------------------------------
+# s4-kernel
+
+
+def s4_kernel_inputs(H, N, L):
+    """S4's parameters at its HiPPO-LegS init (dt log-uniform in [1e-3, 1e-1], C random), two
+    kernel channels (bidirectional), float32."""
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    Lambda, P, B, _ = dplr_legs(N)
+    tile = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (H, *x.shape))
+    primals = (
+        jax.random.uniform(k[0], (H,), minval=jnp.log(1e-3), maxval=jnp.log(1e-1)),
+        tile(jnp.log(-Lambda.real)), tile(Lambda.imag), tile(complex_pairs(P)), tile(complex_pairs(B)),
+        jax.random.normal(k[1], (2, H, N // 2, 2)) * 0.5**0.5,
+    )
+    return primals, jax.random.normal(k[2], (2, H, L))
+
+
+def s4_kernel_variants(H, N, L):
+    return {
+        "cauchy + irfft": lambda *p: s4_kernel(*p, L),
+        "matrix powers": lambda *p: s4_kernel_powers(*p, L),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # s5-projections
 
 
@@ -182,6 +212,14 @@ LEVERS = {
         "inputs": cauchy_inputs,
         "variants": {"reciprocals + matmul": cauchy_conj, "fused sum": cauchy_fused},
     },
+    "s4-kernel": {
+        "title": "S4 kernel (bidirectional: 2 channels, N 64), Cauchy route against matrix powers",
+        "dims": "H x N x L",
+        # The S4 presets' width, state and length.
+        "shapes": [("listops", 128, 64, 2048), ("pathfinder", 256, 64, 1024), ("pathx", 256, 64, 16384)],
+        "inputs": s4_kernel_inputs,
+        "variants_for": s4_kernel_variants,  # the length is static: variants are built per shape
+    },
     "s5-projections": {
         "title": "S5 input and output projections",
         "dims": "B x L x H x P",
@@ -208,7 +246,8 @@ def fwd_bwd(f):
 def measure(lever: dict, name: str, dims: tuple, steps: int) -> list[dict]:
     primals, cotangent = lever["inputs"](*dims)
     rows, ref = [], None
-    for variant, f in lever["variants"].items():
+    variants = lever["variants_for"](*dims) if "variants_for" in lever else lever["variants"]
+    for variant, f in variants.items():
         compiled = fwd_bwd(f).lower(primals, cotangent).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost

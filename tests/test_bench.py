@@ -261,3 +261,26 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
     assert not rvr.compare([180.0], bench_rate=200.0)["within_5_percent"]
     with pytest.raises(ValueError):
         rvr.compare([], bench_rate=200.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-lever micro-benchmarks: every variant of a lever computes the same thing.
+
+
+# (The scan lever's variants are the library's scans, tested against loops in tests/ssm/test_scan.py.)
+@pytest.mark.parametrize(
+    "lever, dims, rtol",
+    [
+        ("conv-layout", (2, 24, 3), 1e-4),
+        ("cauchy", (3, 4, 24), 1e-4),
+        # float32: the Cauchy route's gradient with respect to log_dt is itself about 1e-3 from
+        # float64 (the powers route's 1e-5); tests/ssm/test_s4.py compares the two in float64.
+        ("s4-kernel", (3, 8, 40), 1e-2),
+        ("s5-projections", (2, 24, 3, 4), 1e-4),
+    ],
+)
+def test_bench_levers_variants_agree_at_small_shapes(lever, dims, rtol):
+    levers = load_script("bench_levers")
+    rows = levers.measure(levers.LEVERS[lever], "tiny", dims, steps=1)
+    assert len(rows) >= 2 and all(r["median_ms"] > 0 for r in rows)
+    assert max(r["max_rel_diff"] for r in rows) < rtol, rows

@@ -12,6 +12,11 @@ its kernel is real. The layer:
      (`dplr_generating_function`; S4 paper, Algorithm 1 and Lemma C.3),
   2. inverse-FFTs it into the length-L kernel K (`s4_kernel`),
   3. convolves K with the input by FFT and adds the skip term D u.
+The same kernel can also come from matrix powers (`kernel_method="powers"`, `s4_kernel_powers`):
+the N-dimensional system written in real coordinates, Abar^(2^j) by repeated squaring, and
+K[qT + r] = Ctilde (I - Abar^L)^-1 Abar^(qT) Abar^r Bbar as one (Q x N) @ (N x T) product per
+channel, with T Q >= L about sqrt(L) each. It never forms the (H, N/2, L) Cauchy reciprocals
+that dominate the Cauchy route at long L; its work grows with N^3 log L instead.
 
 The output matrix is stored as Ctilde = C (I - Abar^L): the generating function of the length-L
 kernel is C (I - Abar^L ω^L)(I - Abar ω)^-1 Bbar, which at the L-th roots of unity (ω^L = 1)
@@ -28,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,7 +56,10 @@ __all__ = [
     "cauchy_conj",
     "ctilde_from_c",
     "dplr_generating_function",
+    "dplr_real_system",
+    "kernel_by_powers",
     "s4_kernel",
+    "s4_kernel_powers",
     "woodbury_rank1",
 ]
 
@@ -217,6 +226,90 @@ def complex_pairs(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# The same kernel by matrix powers of the real N-dimensional system.
+
+
+def matmul(a, b):
+    """Matrix product at full float32 precision (GPUs otherwise may use TF32, ~1e-3 relative)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def real_pair_basis(N2: int) -> np.ndarray:
+    """The unitary U (N, N) with U [x; conj x] = sqrt(2) [Re x; -Im x]: it takes the conjugate-pair
+    coordinates of the stored halves to real ones, so U M U^H is real for every matrix M of the
+    system (one that commutes with swapping the halves and conjugating)."""
+    eye = np.eye(N2)
+    return np.block([[eye, eye], [1j * eye, -1j * eye]]) / np.sqrt(2)
+
+
+def dplr_real_system(Lambda, P, B, C, dt):
+    """The bilinear-discretized DPLR system in real coordinates: Abar (H, N, N), Bbar (H, N) and
+    Ctilde (channels, H, N), real, with Ctilde Abar^l Bbar equal to the complex system's.
+
+    Abar from `bilinear_state_dplr`; Bbar = (I - dt/2 A)^-1 dt B = (Abar + I) dt B / 2, since
+    Abar = 2 (I - dt/2 A)^-1 - I. Lambda, P, B: (H, N2) complex; C (channels, H, N2) complex; dt (H,).
+    """
+    U = jnp.asarray(real_pair_basis(Lambda.shape[-1]), Lambda.dtype)
+    Abar = matmul(matmul(U, bilinear_state_dplr(Lambda, P, dt)), jnp.conj(U).T).real
+    b = matmul(conjugate_pairs(B), U.T).real  # (U b) as rows
+    Bbar = 0.5 * dt[:, None] * (b + matmul(Abar, b[..., None])[..., 0])
+    Ctilde = matmul(conjugate_pairs(C), jnp.conj(U).T).real
+    return Abar, Bbar, Ctilde
+
+
+def power_blocks(L: int) -> tuple[int, int]:
+    """(T, Q): T a power of two near sqrt(L), Q = ceil(L / T), so that l = qT + r covers 0..L-1."""
+    T = 1 << (((L - 1).bit_length() + 1) // 2)
+    return T, -(-L // T)
+
+
+def kernel_by_powers(Abar, Bbar, Ctilde, L: int):
+    """K[c, h, l] = Ctilde (I - Abar^L)^-1 Abar^l Bbar for l < L: the length-L kernel of a dense
+    SSM whose output vector is stored as Ctilde = C (I - Abar^L) (see the module docstring).
+
+    The squares Abar^(2^j) are formed once (log2 L products); Abar^L is the product of those its
+    binary digits pick; (I - Abar^L)^-1 is applied to Bbar by a solve, as it commutes with Abar.
+    Then the columns Abar^r b (r < T) and the rows Ctilde Abar^(qT) (q < Q) each double by one
+    product with a square per step, and K is their (Q x N) @ (N x T) product per channel.
+
+    Abar (H, N, N), Bbar (H, N), Ctilde (channels, H, N), real -> (channels, H, L).
+    """
+    T, Q = power_blocks(L)
+    squares = [Abar]
+    for _ in range(1, L.bit_length()):
+        squares.append(matmul(squares[-1], squares[-1]))
+    Abar_L = None
+    for j, square in enumerate(squares):
+        if L >> j & 1:
+            Abar_L = square if Abar_L is None else matmul(Abar_L, square)
+    eye = jnp.eye(Abar.shape[-1], dtype=Abar.dtype)
+    b = jnp.linalg.solve(eye - Abar_L, Bbar[..., None])  # (H, N, 1)
+    columns = b
+    for j in range(T.bit_length() - 1):  # T = 2^j steps: Abar^r b, r < T
+        columns = jnp.concatenate([columns, matmul(squares[j], columns)], axis=-1)
+    rows = Ctilde[..., None, :]  # (channels, H, 1, N)
+    j = T.bit_length() - 1  # squares[j] = Abar^T
+    while rows.shape[-2] < Q:
+        rows = jnp.concatenate([rows, matmul(rows, squares[j])], axis=-2)
+        j += 1
+    K = matmul(rows[..., :Q, :], columns)  # (channels, H, Q, T)
+    return K.reshape(*K.shape[:-2], Q * T)[..., :L]
+
+
+def s4_kernel_powers(log_dt, log_A_real, A_imag, P, B, C, L: int):
+    """`s4_kernel` (same arguments, same kernel) by matrix powers: `kernel_by_powers` of the real
+    form of the system (`dplr_real_system`) instead of the Cauchy sums and an inverse FFT."""
+    Abar, Bbar, Ctilde = dplr_real_system(
+        state_matrix(log_A_real, A_imag), as_complex(P), as_complex(B), as_complex(C), jnp.exp(log_dt)
+    )
+    return kernel_by_powers(Abar, Bbar, Ctilde, L)
+
+
+# The ways to the same kernel, by name: `model.mixer.kernel_method`.
+KERNEL_METHODS = {"cauchy": s4_kernel, "powers": s4_kernel_powers}
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 class S4(Mixer):
@@ -228,6 +321,8 @@ class S4(Mixer):
       dt_min, dt_max: range of the log-uniform init of the step dt.
       bidirectional: add an anti-causal SSM sharing A, B, dt with its own C, run on the reversed
         sequence (the two kernels are summed into one FFT conv).
+      kernel_method: how the kernel is computed, the same kernel either way (`KERNEL_METHODS`):
+        "cauchy" (generating function by Cauchy sums, inverse FFT) or "powers" (matrix powers).
       param_dtype: dtype of the real parameters; float64 (with x64 on) gives a complex128 kernel.
 
     Parameters (N2 = N // 2; (..., 2) are complex (re, im) pairs):
@@ -243,9 +338,15 @@ class S4(Mixer):
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     bidirectional: bool = False
+    kernel_method: str = "cauchy"
     param_dtype: Any = jnp.float32
 
     def check_options(self):
+        if self.kernel_method not in KERNEL_METHODS:
+            raise ValueError(
+                f"unknown S4 kernel_method {self.kernel_method!r}; valid ones are "
+                + ", ".join(map(repr, KERNEL_METHODS))
+            )
         if not isinstance(self.d_state, (int, np.integer)) or self.d_state < 2 or self.d_state % 2:
             raise ValueError(
                 f"d_state must be an even integer >= 2 (N/2 conjugate pairs), got {self.d_state!r}"
@@ -283,8 +384,11 @@ class S4(Mixer):
     def kernel(self, L: int):
         """The real convolution kernel (channels, H, L); channel 0 is causal, channel 1 (if
         bidirectional) is applied to the reversed sequence."""
-        p = self.ssm_parameters(L)
-        return s4_kernel(p["log_dt"], p["log_A_real"], p["A_imag"], p["P"], p["B"], p["C"], L)
+        return self.kernel_of(self.ssm_parameters(L), L)
+
+    def kernel_of(self, p: dict, L: int):
+        kernel = KERNEL_METHODS[self.kernel_method]
+        return kernel(p["log_dt"], p["log_A_real"], p["A_imag"], p["P"], p["B"], p["C"], L)
 
     def __call__(self, u, mask=None):
         """u: (B, L, H) real -> (B, L, H) of u's dtype.
@@ -296,7 +400,7 @@ class S4(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         L = u.shape[-2]
         p = self.ssm_parameters(L)
-        K = s4_kernel(p["log_dt"], p["log_A_real"], p["A_imag"], p["P"], p["B"], p["C"], L)
+        K = self.kernel_of(p, L)
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, K.dtype))
         K = K.astype(x.dtype)

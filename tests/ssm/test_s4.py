@@ -22,7 +22,11 @@ from ssm_lra.ssm.s4 import (
     SSM_PARAM_NAMES,
     bilinear_state_dplr,
     ctilde_from_c,
+    dplr_real_system,
+    power_blocks,
+    real_pair_basis,
     s4_kernel,
+    s4_kernel_powers,
 )
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "model" / "s4.yaml"
@@ -147,8 +151,8 @@ def init_variables(layer, L, seed=0):
     return init(jax.random.key(seed))
 
 
-def kernel_of(params, L):
-    return jax.jit(s4_kernel, static_argnums=6)(*(params[k] for k in KERNEL_ARGS), L)
+def kernel_of(params, L, kernel=s4_kernel):
+    return jax.jit(kernel, static_argnums=6)(*(params[k] for k in KERNEL_ARGS), L)
 
 
 def assert_rel_close(actual, expected, rtol):
@@ -273,6 +277,66 @@ def test_ctilde_init_is_set_from_a_standard_complex_normal_C():
 
 
 # ----------------------------------------------------------------------------------------------
+# The kernel by matrix powers
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 7, 16, 33, 64, 100])
+def test_power_blocks_cover_the_length(L):
+    T, Q = power_blocks(L)
+    assert T & (T - 1) == 0 and (Q - 1) * T < L <= Q * T and T <= 2 * np.sqrt(L) + 1
+
+
+def test_real_pair_basis_makes_the_system_real():
+    N2 = 3
+    U = real_pair_basis(N2)
+    np.testing.assert_allclose(U @ U.conj().T, np.eye(2 * N2), rtol=0, atol=1e-15)
+    x = np.random.default_rng(0).normal(size=N2) + 1j * np.random.default_rng(1).normal(size=N2)
+    np.testing.assert_allclose(U @ full(x), np.sqrt(2) * np.concatenate([x.real, -x.imag]), atol=1e-15)
+    H, N = 2, 2 * N2
+    params = random_variables(H, N, channels=2, seed=3)["params"]
+    Abar, Bbar, Ct = dplr_real_system(
+        -jnp.exp(params["log_A_real"]) + 1j * params["A_imag"], cx(params["P"]), cx(params["B"]),
+        cx(params["C"]), jnp.exp(params["log_dt"]),
+    )
+    assert Abar.dtype == Bbar.dtype == Ct.dtype == jnp.float64
+    # similar to the dense real system of the reference (another real basis): same spectrum
+    Abar_ref = real_ssm(params, L=5)[0]
+    for h in range(H):
+        ev = np.sort_complex(np.linalg.eigvals(np.asarray(Abar[h])))
+        np.testing.assert_allclose(ev, np.sort_complex(np.linalg.eigvals(Abar_ref[h])), atol=1e-12)
+
+
+def test_kernel_by_powers_matches_dense_bilinear_ssm():
+    H, N = 3, 8
+    params = random_variables(H, N, channels=2, seed=48)["params"]
+    for L in [1, 16, 33, 100]:  # no squaring; T Q = L; T Q > L with several binary digits
+        K = kernel_of(params, L, s4_kernel_powers)
+        assert K.shape == (2, H, L) and K.dtype == jnp.float64
+        assert_rel_close(K, dense_kernel(params, L), 1e-11)
+
+
+def test_kernel_by_powers_float32_and_gradients_match_the_cauchy_route():
+    # At the LegS init with N 64 and a long L, float32 against float64; and the gradients of both
+    # routes agree in float64 (the same function of the parameters).
+    H, N, L = 2, 64, 1000
+    params = init_variables(make_layer(H, N, bidirectional=True, dt_min=1e-4), L=L, seed=4)["params"]
+    ref = np.asarray(kernel_of(params, L))
+    params32 = {k: v.astype(jnp.float32) for k, v in params.items()}
+    K32 = kernel_of(params32, L, s4_kernel_powers)
+    assert K32.dtype == jnp.float32
+    assert_rel_close(K32, ref, 2e-5)
+    cot = jnp.asarray(np.random.default_rng(4).normal(size=ref.shape))
+
+    def grads(kernel):
+        loss = lambda p: jnp.sum(kernel_of(p, L, kernel) * cot)
+        return jax.grad(loss)({k: params[k] for k in KERNEL_ARGS})
+
+    g_cauchy, g_powers = grads(s4_kernel), grads(s4_kernel_powers)
+    for k in KERNEL_ARGS:
+        assert_rel_close(g_powers[k], g_cauchy[k], 1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
 # The layer
 
 
@@ -306,12 +370,14 @@ def test_bidirectional_is_forward_plus_reversed_run():
     assert_rel_close(y, ref, 1e-12)
 
 
+@pytest.mark.parametrize("kernel_method", ["cauchy", "powers"])
 @pytest.mark.parametrize("L", [16, 33])
-def test_layer_matches_real_recurrence(L):
+def test_layer_matches_real_recurrence(L, kernel_method):
     H, N = 3, 8
     variables = random_variables(H, N, channels=2, seed=20 + L)
     u = np.random.default_rng(L).normal(size=(2, L, H))
-    y = jax.jit(make_layer(H, N, bidirectional=True).apply)(variables, jnp.asarray(u))
+    layer = make_layer(H, N, bidirectional=True, kernel_method=kernel_method)
+    y = jax.jit(layer.apply)(variables, jnp.asarray(u))
     Abar, Bbar, C, D = real_ssm(variables["params"], L)
     ref = recurrence(Abar, Bbar, C[0], u) + recurrence(Abar, Bbar, C[1], u[:, ::-1])[:, ::-1]
     assert_rel_close(y, ref + D * u, 1e-10)
@@ -379,6 +445,7 @@ def test_gradients_match_finite_differences():
         ({"d_state": 0}, "even"),
         ({"dt_min": 0.1, "dt_max": 0.01}, "dt_min"),
         ({"dt_min": 0.0}, "dt_min"),
+        ({"kernel_method": "vandermonde"}, "kernel_method"),
     ],
 )
 def test_invalid_options_raise_at_construction(kwargs, match):
