@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_lra.ssm import Mixer
+from ssm_lra.ssm.mamba_kernel import fused_scan_available, selective_scan_fused
 from ssm_lra.ssm.scan import check_chunk_size, chunked_scan, linear_scan
 
 __all__ = [
@@ -123,6 +124,24 @@ def selective_scan(u, dt, A, B, C, D, chunk_size: int | None = None):
     return y + D * u
 
 
+# The ways to run the selective SSM over a batch (the same y), by name: `model.mixer.scan`.
+# "xla": `selective_scan` per sequence (associative scan, chunked with `chunk_size`);
+# "fused": one Pallas kernel each way, the states kept on chip (ssm/mamba_kernel.py; GPU only);
+# "fused_interpret": the same kernels through Pallas' interpreter, on any backend (slow: checks).
+SCANS = ("xla", "fused", "fused_interpret")
+
+
+def batched_selective_scan(u, dt, A, B, C, D, scan: str = "xla", chunk_size: int | None = None):
+    """`selective_scan` over a batch: u, dt (Bz, L, E); A (E, N); B, C (Bz, L, N); D (E,)."""
+    if scan == "xla":
+        run = partial(selective_scan, chunk_size=chunk_size)
+        return jax.vmap(run, in_axes=(0, 0, None, 0, 0, None))(u, dt, A, B, C, D)
+    # The kernel works in float32 at least (a bfloat16 state would lose the long memory).
+    dtype = jnp.promote_types(u.dtype, jnp.float32)
+    args = (x.astype(dtype) for x in (u, dt, A, B, C, D))
+    return selective_scan_fused(*args, interpret=scan == "fused_interpret").astype(u.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Initializers (flax signature: key, shape, dtype).
 
@@ -182,6 +201,7 @@ class SelectiveSSM(nn.Module):
     dt_max: float
     chunk_size: int | None
     param_dtype: Any
+    scan: str = "xla"
 
     @nn.compact
     def __call__(self, x, m):
@@ -206,8 +226,7 @@ class SelectiveSSM(nn.Module):
         # dt = 0 at padding: exp(0 * A) = 1 and no input, an identity step of the recurrence.
         dt = jax.nn.softplus(dt_proj(dt_low) + dt_bias.astype(dtype)) * m
         A = -jnp.exp(A_log.astype(dtype))
-        scan = partial(selective_scan, chunk_size=self.chunk_size)
-        return jax.vmap(scan, in_axes=(0, 0, None, 0, 0, None))(x, dt, A, B, C, D.astype(dtype))
+        return batched_selective_scan(x, dt, A, B, C, D.astype(dtype), self.scan, self.chunk_size)
 
 
 class Mamba(Mixer):
@@ -223,6 +242,9 @@ class Mamba(Mixer):
       dt_min, dt_max: range of the log-uniform init of softplus(dt_bias).
       chunk_size: None for one associative scan over the sequence; an int to scan in chunks of that
         many steps with rematerialization (memory O(chunk) instead of O(L) in the state size).
+        Only for scan "xla".
+      scan: "xla" (default), "fused" (a Pallas GPU kernel per direction, forward and backward,
+        that keeps the states on chip) or "fused_interpret" (its interpreted form, any backend).
       bidirectional: add a second conv + selective SSM (own parameters, "ssm_backward") run on the
         reversed sequence; the two are averaged before the gate. In/out projections are shared.
       param_dtype: dtype of the parameters.
@@ -242,6 +264,7 @@ class Mamba(Mixer):
     dt_max: float = 1e-1
     chunk_size: int | None = None
     bidirectional: bool = False
+    scan: str = "xla"
     param_dtype: Any = jnp.float32
 
     def check_options(self):
@@ -262,6 +285,13 @@ class Mamba(Mixer):
             check_chunk_size(self.chunk_size)
         if not isinstance(self.bidirectional, (bool, np.bool_)):
             raise ValueError(f"bidirectional must be true or false, got {self.bidirectional!r}")
+        if self.scan not in SCANS:
+            raise ValueError(f"unknown Mamba scan {self.scan!r}; valid ones are {', '.join(map(repr, SCANS))}")
+        if self.scan == "fused" and not fused_scan_available():
+            raise ValueError(
+                f"scan 'fused' runs a Pallas (Triton) GPU kernel, and JAX's backend here is "
+                f"{jax.default_backend()!r}: use scan 'xla' (or 'fused_interpret', slow, to check it)"
+            )
 
     @property
     def d_inner(self) -> int:
@@ -280,6 +310,7 @@ class Mamba(Mixer):
             dt_max=self.dt_max,
             chunk_size=self.chunk_size,
             param_dtype=pd,
+            scan=self.scan,
         )
         self.ssm = branch()
         if self.bidirectional:

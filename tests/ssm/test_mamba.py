@@ -22,9 +22,11 @@ from ssm_lra.ssm.mamba import (
     SSM_PARAM_NAMES,
     Mamba,
     causal_depthwise_conv,
+    batched_selective_scan,
     inverse_softplus,
     selective_scan,
 )
+from ssm_lra.ssm.mamba_kernel import selective_scan_fused
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba.yaml"
 
@@ -267,6 +269,70 @@ def test_padding_does_not_reach_real_positions(bidirectional, chunk_size):
         np.testing.assert_array_equal(y_bool, y_zero)
 
 
+# ----------------------------------------------------------------------------------------------
+# the fused kernel (scan "fused"), run here through Pallas' interpreter
+
+
+def random_scan_inputs(Bz, L, E, N, seed):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(Bz, L, E)),
+        rng.uniform(0.01, 1.0, size=(Bz, L, E)),
+        -np.exp(rng.normal(size=(E, N)) * 0.5),
+        rng.normal(size=(Bz, L, N)),
+        rng.normal(size=(Bz, L, N)),
+        rng.normal(size=E),
+    )
+
+
+def test_fused_scan_matches_loop_and_its_gradients_match_xla():
+    # L 19 (not a multiple of the 8-step chunk), E 5 and N 3 (padded to 8 and 4): the padding
+    # must change nothing, forward or backward.
+    u, dt, A, B, C, D = random_scan_inputs(2, 19, 5, 3, seed=6)
+    args = tuple(jnp.asarray(v) for v in (u, dt, A, B, C, D))
+    y = jax.jit(lambda *a: selective_scan_fused(*a, interpret=True))(*args)
+    assert y.shape == (2, 19, 5) and y.dtype == jnp.float64
+    for i in range(2):
+        assert_rel_close(y[i], loop_selective_scan(u[i], dt[i], A, B[i], C[i], D), 1e-12)
+    cotangent = jnp.asarray(np.random.default_rng(7).normal(size=y.shape))
+
+    def grads(scan):
+        loss = lambda *a: jnp.sum(batched_selective_scan(*a, scan=scan) * cotangent)
+        return jax.jit(jax.grad(loss, argnums=tuple(range(6))))(*args)
+
+    for g_fused, g_xla in zip(grads("fused_interpret"), grads("xla")):
+        assert g_fused.shape == g_xla.shape
+        assert_rel_close(g_fused, g_xla, 1e-11)
+
+
+def test_fused_layer_with_padding_matches_stepwise_reference():
+    H, L = 4, 14
+    lengths = [14, 9]
+    layer = make_layer(H, bidirectional=True, scan="fused_interpret")
+    variables = random_params(layer, seed=8)
+    u = np.random.default_rng(8).normal(size=(2, L, H))
+    mask = (np.arange(L)[None, :] < np.asarray(lengths)[:, None]).astype(np.float64)
+    y = jax.jit(layer.apply)(variables, jnp.asarray(u * mask[..., None]), mask=jnp.asarray(mask))
+    p = to_numpy(variables["params"])
+    for i, n in enumerate(lengths):
+        assert_rel_close(y[i, :n], ref_block(p, u[i, :n], True), 1e-11)
+
+
+def test_fused_kernels_lower_to_triton_for_cuda():
+    # Without a GPU, lowering for CUDA still runs Pallas' Triton lowering of both kernels, so an
+    # operation Triton cannot express fails here rather than on a lent GPU.
+    from jax import export
+
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    shapes = (f32(2, 40, 48), f32(2, 40, 48), f32(48, 16), f32(2, 40, 16), f32(2, 40, 16), f32(48))
+    loss = lambda *a: jnp.sum(selective_scan_fused(*a) ** 2)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6))))
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    module = export.export(grad, platforms=["cuda"], disabled_checks=[triton])(*shapes).mlir_module()
+    assert module.count("xla.gpu.triton") >= 2
+    assert "selective_scan_forward" in module and "selective_scan_backward" in module
+
+
 def test_parameters_names_shapes_and_init():
     H, N, E = 40, 16, 80
     layer = Mamba(d_model=H, bidirectional=True, param_dtype=jnp.float64)
@@ -367,11 +433,20 @@ def test_gradients_match_finite_differences():
         ({"chunk_size": "64"}, "chunk_size"),
         ({"bidirectional": "yes"}, "bidirectional"),
         ({"d_state": True}, "d_state"),
+        ({"scan": "pallas"}, "scan"),
     ],
 )
 def test_invalid_options_raise_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Mamba(d_model=8, **kwargs)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the check is for machines without a GPU")
+def test_fused_scan_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="GPU kernel.*use scan 'xla'"):
+        Mamba(d_model=8, scan="fused")
+    with pytest.raises(ConfigError, match="GPU kernel"):
+        check_mixer_config("mamba", 8, {"scan": "fused"})
 
 
 def test_wrong_input_width_raises():
