@@ -21,6 +21,9 @@ s4-kernel: S4's whole kernel (parameters -> (2, H, L) real kernel, vjp with resp
   parameter arrays) at the S4 presets' H, N and L: `cauchy + irfft` (ssm.s4.s4_kernel, the
   default) against `matrix powers` (s4_kernel_powers: repeated squaring of the real N x N Abar,
   blocked (Q x N) @ (N x T) product).
+mamba-scan: Mamba's selective scan over a batch (one direction, vjp with respect to all six inputs)
+  at the Mamba presets' shapes: `xla` (ssm.mamba.selective_scan per sequence, chunked at Path-X
+  as the preset) against `fused` (ssm.mamba_kernel: one Pallas kernel each way; GPU only).
 s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
   presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
   (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
@@ -49,6 +52,8 @@ from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
 from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
+from ssm_lra.ssm.mamba import batched_selective_scan
+from ssm_lra.ssm.mamba_kernel import fused_scan_available
 from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
 
 
@@ -156,6 +161,33 @@ def s4_kernel_variants(H, N, L):
 
 
 # ----------------------------------------------------------------------------------------------
+# mamba-scan
+
+
+def mamba_scan_inputs(B, L, E, N):
+    """The selective scan's inputs at a trained-like scale: dt in [0.001, 0.1], A = -(1..N)."""
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    primals = (
+        jax.random.normal(k[0], (B, L, E)),
+        jnp.exp(jax.random.uniform(k[1], (B, L, E), minval=jnp.log(1e-3), maxval=jnp.log(1e-1))),
+        -jnp.broadcast_to(jnp.arange(1.0, N + 1), (E, N)),
+        jax.random.normal(k[2], (B, L, N)),
+        jax.random.normal(k[3], (B, L, N)),
+        jax.random.normal(k[4], (E,)),
+    )
+    return primals, jax.random.normal(k[5], (B, L, E))
+
+
+def mamba_scan_variants(B, L, E, N):
+    chunk = 512 if L > 4096 else None  # what the presets set
+    fused = "fused" if fused_scan_available() else "fused_interpret"  # interpreted off GPUs (slow)
+    return {
+        f"xla (chunk_size {chunk})": partial(batched_selective_scan, scan="xla", chunk_size=chunk),
+        fused: partial(batched_selective_scan, scan=fused),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # s5-projections
 
 
@@ -219,6 +251,14 @@ LEVERS = {
         "shapes": [("listops", 128, 64, 2048), ("pathfinder", 256, 64, 1024), ("pathx", 256, 64, 16384)],
         "inputs": s4_kernel_inputs,
         "variants_for": s4_kernel_variants,  # the length is static: variants are built per shape
+    },
+    "mamba-scan": {
+        "title": "Mamba selective scan (one direction): XLA route against the fused Pallas kernel",
+        "dims": "B x L x E x N",
+        # The Mamba presets' batch, length, inner width E = 2 d_model and state.
+        "shapes": [("listops", 50, 2048, 128, 16), ("pathfinder", 64, 1024, 320, 16), ("pathx", 32, 16384, 224, 16)],
+        "inputs": mamba_scan_inputs,
+        "variants_for": mamba_scan_variants,
     },
     "s5-projections": {
         "title": "S5 input and output projections",
