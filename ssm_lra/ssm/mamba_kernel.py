@@ -99,16 +99,15 @@ def _backward_kernel(
             (u_ref[t0 + i], dt_ref[t0 + i], B_ref[t0 + i], C_ref[t0 + i], dy_ref[t0 + i])
             for i in range(chunk)
         ]
-        # The chunk's states, from the one saved at its start: states[i] = h_{t0 + i - 1}.
+        # The chunk's states, from the one saved at its start: states[i] = h_{t0 + i - 1}. The
+        # decays exp(dt A) are recomputed on the way back rather than kept: registers are the
+        # scarce resource here, not exponentials.
         states = [states_ref[c]]
-        decays = []
         for u, dt, B, _, _ in rows:
-            a = jnp.exp(dt[:, None] * A)
-            decays.append(a)
-            states.append(a * states[-1] + (dt * u)[:, None] * B[None, :])
+            states.append(jnp.exp(dt[:, None] * A) * states[-1] + (dt * u)[:, None] * B[None, :])
         for i in reversed(range(chunk)):
             u, dt, B, C, g = rows[i]
-            a, h_prev, h = decays[i], states[i], states[i + 1]
+            a, h_prev, h = jnp.exp(dt[:, None] * A), states[i], states[i + 1]
             dh = dh + g[:, None] * C[None, :]
             dC_ref[t0 + i] = jnp.sum(g[:, None] * h, axis=0)
             dh_B = jnp.sum(dh * B[None, :], axis=1)
