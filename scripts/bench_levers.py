@@ -53,7 +53,7 @@ from ssm_lra.ssm import scan
 from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
-from ssm_lra.ssm.mamba_kernel import fused_scan_available
+from ssm_lra.ssm.pallas_common import fused_scan_available
 from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
 
 

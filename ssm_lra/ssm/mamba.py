@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_lra.ssm import Mixer
-from ssm_lra.ssm.mamba_kernel import fused_scan_available, selective_scan_fused
+from ssm_lra.ssm.mamba_kernel import selective_scan_fused
+from ssm_lra.ssm.pallas_common import fused_scan_available
 from ssm_lra.ssm.scan import check_chunk_size, chunked_scan, linear_scan
 
 __all__ = [

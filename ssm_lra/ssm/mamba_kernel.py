@@ -33,34 +33,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["selective_scan_fused", "fused_scan_available"]
+from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
+
+__all__ = ["selective_scan_fused"]
 
 CHUNK = 8  # steps per chunk: one saved state per chunk; the backward keeps a chunk's states on chip
 BLOCK_E = 32  # channels per program
-
-
-def fused_scan_available() -> bool:
-    """Whether the compiled (not interpreted) kernel can run here: Pallas' Triton backend, on a GPU."""
-    import importlib.util
-
-    return jax.default_backend() == "gpu" and importlib.util.find_spec("jax.experimental.pallas") is not None
-
-
-def _pad_axis(x, axis: int, size: int, value=0.0):
-    extra = size - x.shape[axis]
-    if extra == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths, constant_values=value)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,14 +118,6 @@ def _specs(Bz, L, E, N, block_e):
     return per_channel, per_state, A_spec, D_spec
 
 
-def _compiler_params(interpret: bool):
-    if interpret:
-        return None
-    from jax.experimental.pallas import triton as plgpu
-
-    return plgpu.CompilerParams(num_warps=4, num_stages=1)
-
-
 def _forward(u, dt, A, B, C, D, *, chunk, block_e, interpret):
     from jax.experimental import pallas as pl
 
@@ -166,7 +136,7 @@ def _forward(u, dt, A, B, C, D, *, chunk, block_e, interpret):
         in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec],
         out_specs=(per_channel, states_spec),
         interpret=interpret,
-        compiler_params=_compiler_params(interpret),
+        compiler_params=compiler_params(interpret, num_warps=4),
         name="selective_scan_forward",
     )(u, dt, A, B, C, D)
 
@@ -198,7 +168,7 @@ def _backward(u, dt, A, B, C, D, states, dy, *, chunk, block_e, interpret):
         in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec, states_spec, per_channel],
         out_specs=(per_channel, per_channel, dA_spec, per_block_state, per_block_state, dD_spec),
         interpret=interpret,
-        compiler_params=_compiler_params(interpret),
+        compiler_params=compiler_params(interpret, num_warps=4),
         name="selective_scan_backward",
     )(u, dt, A, B, C, D, states, dy)
     return du, ddt, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0)
@@ -231,15 +201,15 @@ def selective_scan_fused(u, dt, A, B, C, D, *, chunk: int = CHUNK, block_e: int 
     """
     Bz, L, E = u.shape
     N = A.shape[1]
-    block_e = min(block_e, _next_power_of_two(E))
-    Lp, Ep, Np = _round_up(L, chunk), _round_up(E, block_e), _next_power_of_two(N)
+    block_e = min(block_e, next_power_of_two(E))
+    Lp, Ep, Np = round_up(L, chunk), round_up(E, block_e), next_power_of_two(N)
     # Padded steps have dt = 0: exp(0) = 1 and no input, so the state passes them unchanged.
     # Padded channels and states are zeros throughout and are cut off again.
-    u_p = _pad_axis(_pad_axis(u, 1, Lp), 2, Ep)
-    dt_p = _pad_axis(_pad_axis(dt, 1, Lp), 2, Ep)
-    A_p = _pad_axis(_pad_axis(A, 0, Ep), 1, Np)
-    B_p = _pad_axis(_pad_axis(B, 1, Lp), 2, Np)
-    C_p = _pad_axis(_pad_axis(C, 1, Lp), 2, Np)
-    D_p = _pad_axis(D, 0, Ep)
+    u_p = pad_axis(pad_axis(u, 1, Lp), 2, Ep)
+    dt_p = pad_axis(pad_axis(dt, 1, Lp), 2, Ep)
+    A_p = pad_axis(pad_axis(A, 0, Ep), 1, Np)
+    B_p = pad_axis(pad_axis(B, 1, Lp), 2, Np)
+    C_p = pad_axis(pad_axis(C, 1, Lp), 2, Np)
+    D_p = pad_axis(D, 0, Ep)
     y = _fused(u_p, dt_p, A_p, B_p, C_p, D_p, chunk, block_e, interpret)
     return y[:, :L, :E]

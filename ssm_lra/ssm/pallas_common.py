@@ -1,0 +1,42 @@
+"""What the Pallas (Triton) kernels of the SSMs share: whether they can run here, their compiler
+settings, and the padding that fits arrays to their blocks."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+
+
+def fused_scan_available() -> bool:
+    """Whether the compiled (not interpreted) kernels can run here: Pallas' Triton backend, on a GPU."""
+    return jax.default_backend() == "gpu" and importlib.util.find_spec("jax.experimental.pallas") is not None
+
+
+def compiler_params(interpret: bool, num_warps: int):
+    """Triton settings (none when interpreted). One stage: the kernels' loops are sequential
+    recurrences, whose loads they issue a chunk ahead themselves."""
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+
+
+def pad_axis(x, axis: int, size: int):
+    """x with zeros appended along `axis` up to `size`."""
+    extra = size - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
