@@ -1,10 +1,12 @@
-"""Does Mamba's fused selective scan compile and agree with the XLA route on this machine's GPU?
+"""Do the fused scan kernels compile and agree with the XLA routes on this machine's GPU?
 
-    python scripts/check_fused_scan.py [--shape B,L,E,N] [--steps 10]
+    python scripts/check_fused_scan.py [--mamba B,L,E,N] [--s5 B,L,P] [--steps 10]
 
-Compiles forward + backward of both routes at one shape, reports the largest relative difference
-of the output and of each gradient, and the median time of each (forward + backward, one
-direction). Exits 1 if the two disagree by more than 1e-3 relative (float32).
+Mamba's selective scan (ssm/mamba_kernel.py) and S5's time-invariant scan (ssm/lti_kernel.py):
+compiles forward + backward of the XLA route and of the kernel at one shape each, reports the
+largest relative difference of the outputs and of each gradient, and the median time of each
+(forward + backward, one direction). Exits 1 if any pair disagrees by more than 1e-3 relative
+(float32). Off a GPU the kernels run interpreted (slow; use small shapes).
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.mamba import batched_selective_scan
+from ssm_lra.ssm.scan import lti_scan
+
+FUSED = "fused" if jax.default_backend() == "gpu" else "fused_interpret"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", default="4,2048,224,16", help="B,L,E,N (default 4,2048,224,16)")
-    p.add_argument("--steps", type=int, default=10)
-    args = p.parse_args(argv)
-    Bz, L, E, N = map(int, args.shape.split(","))
+def mamba_case(Bz, L, E, N):
+    """(names of the results, {route: function}, inputs, cotangent)."""
     k = jax.random.split(jax.random.PRNGKey(0), 6)
     inputs = (
         jax.random.normal(k[0], (Bz, L, E)),
@@ -39,34 +41,72 @@ def main(argv=None) -> int:
         jax.random.normal(k[3], (Bz, L, N)),
         jax.random.normal(k[4], (E,)),
     )
-    cotangent = jax.random.normal(k[5], (Bz, L, E))
-    fused = "fused" if jax.default_backend() == "gpu" else "fused_interpret"
+    routes = {scan: partial(batched_selective_scan, scan=scan, chunk_size=512 if L > 4096 else None)
+              for scan in ("xla", FUSED)}
+    return ("y", "du", "ddt", "dA", "dB", "dC", "dD"), routes, inputs, jax.random.normal(k[5], (Bz, L, E))
+
+
+def s5_case(Bz, L, P):
+    """S5's scan in both representations: complex for `scan.lti_scan`, parts for the kernel."""
+    k = jax.random.split(jax.random.PRNGKey(1), 5)
+    radius = jax.random.uniform(k[0], (P,), minval=0.9, maxval=0.9999)
+    angle = jax.random.uniform(k[1], (P,), maxval=3.0)
+    inputs = (radius * jnp.cos(angle), radius * jnp.sin(angle),
+              jax.random.normal(k[2], (Bz, L, P)), jax.random.normal(k[3], (Bz, L, P)))
+
+    def xla(lr, li, br, bi):
+        x = lti_scan(jax.lax.complex(lr, li), jax.lax.complex(br, bi), axis=1)
+        return x.real, x.imag
+
+    routes = {"xla (lti)": xla, FUSED: partial(lti_scan_fused, interpret=FUSED == "fused_interpret")}
+    cotangent = tuple(jax.random.normal(key, (Bz, L, P)) for key in jax.random.split(k[4]))
+    return ("x_re", "x_im", "dlam_re", "dlam_im", "db_re", "db_im"), routes, inputs, cotangent
+
+
+def compare(title, names, routes, inputs, cotangent, steps) -> float:
+    print(title, flush=True)
     results = {}
-    for scan in ("xla", fused):
-        f = partial(batched_selective_scan, scan=scan, chunk_size=512 if L > 4096 else None)
+    for route, f in routes.items():
 
         def run(*a):
             y, pull = jax.vjp(f, *a)
-            return (y, *pull(cotangent))
+            return (*jax.tree.leaves(y), *pull(cotangent))
 
         start = time.perf_counter()
         compiled = jax.jit(run).lower(*inputs).compile()
         compile_s = time.perf_counter() - start
         out = jax.block_until_ready(compiled(*inputs))
         times = []
-        for _ in range(args.steps):
+        for _ in range(steps):
             start = time.perf_counter()
             jax.block_until_ready(compiled(*inputs))
             times.append(time.perf_counter() - start)
-        results[scan] = out
-        print(f"{scan}: compile {compile_s:.1f} s, forward + backward median {np.median(times) * 1e3:.3f} ms", flush=True)
-    names = ("y", "du", "ddt", "dA", "dB", "dC", "dD")
+        results[route] = out
+        print(f"  {route}: compile {compile_s:.1f} s, forward + backward median {np.median(times) * 1e3:.3f} ms", flush=True)
+    reference, candidate = (results[r] for r in routes)
     worst = 0.0
-    for name, a, b in zip(names, results[fused], results["xla"]):
+    for name, a, b in zip(names, candidate, reference):
         rel = float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
         worst = max(worst, rel)
-        print(f"  {name}: max relative difference {rel:.2e}")
-    print("agree" if worst < 1e-3 else "DISAGREE")
+        print(f"    {name}: max relative difference {rel:.2e}")
+    print("  agree" if worst < 1e-3 else "  DISAGREE", flush=True)
+    return worst
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mamba", default="4,2048,224,16", help="B,L,E,N (default 4,2048,224,16)")
+    p.add_argument("--s5", default="8,16384,256", help="B,L,P (default 8,16384,256)")
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args(argv)
+    worst = 0.0
+    for title, case, shape in (("Mamba selective scan", mamba_case, args.mamba), ("S5 time-invariant scan", s5_case, args.s5)):
+        dims = tuple(map(int, shape.split(",")))
+        try:
+            worst = max(worst, compare(f"{title} {dims}", *case(*dims), args.steps))
+        except Exception as e:  # a kernel that does not compile: say so and check the other one
+            print(f"  FAILED: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+            worst = float("inf")
     return 0 if worst < 1e-3 else 1
 
 

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# On a lent GPU machine: the measurements that decide two defaults (results/bench/NOTES.md,
-# levers 8 and 9), in one call of under 10 minutes:
-#   1. the fused Mamba scan compiles and agrees with the XLA route (scripts/check_fused_scan.py);
-#   2. single levers, forward + backward: bench_levers.py s4-kernel and mamba-scan;
-#   3. full training steps: s4 with model.mixer.kernel_method=powers, mamba with
-#      model.mixer.scan=fused (skipped if step 1 failed).
+# On a lent GPU machine: the measurements that decide three defaults (results/bench/NOTES.md,
+# levers 8-10), in two calls of under 10 minutes each:
+#   part 1: the fused scan kernels compile and agree with the XLA routes (check_fused_scan.py),
+#           then single levers, forward + backward: bench_levers.py s4-kernel and mamba-scan;
+#   part 2: full training steps with each new route: s4 model.mixer.kernel_method=powers,
+#           mamba and s5_ptd model.mixer.scan=fused (a kernel that fails shows as a crashed row).
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
-# root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh
+# root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
+part=${1:-1}
 out=${OUT:-results/bench}
 mkdir -p "$out/levers"
 source scripts/device_env.sh
-python3 scripts/check_fused_scan.py --shape 4,2048,224,16 2>&1 | tee "$out/check-fused-scan.txt"
-fused_ok=${PIPESTATUS[0]}
-timeout 200 python3 scripts/bench_levers.py s4-kernel --out "$out/levers"
-[ "$fused_ok" = 0 ] && timeout 200 python3 scripts/bench_levers.py mamba-scan --out "$out/levers"
-python3 -m ssm_lra.bench --experiments s4/pathfinder,s4/pathx --steps 20 --warmup 2 --timeout 120 \
-  --max-minutes 2.5 --out "$out" --name s4-powers model.mixer.kernel_method=powers
-[ "$fused_ok" = 0 ] && python3 -m ssm_lra.bench --experiments mamba/pathfinder,mamba/pathx --steps 20 --warmup 2 \
-  --timeout 120 --max-minutes 2.5 --out "$out" --name mamba-fused model.mixer.scan=fused
+bench() {  # name, experiments, override
+  python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.6 \
+    --out "$out" --name "$1" "$3"
+}
+if [ "$part" = 1 ]; then
+  python3 scripts/check_fused_scan.py 2>&1 | tee "$out/check-fused-scan.txt"
+  timeout 200 python3 scripts/bench_levers.py s4-kernel --out "$out/levers"
+  timeout 200 python3 scripts/bench_levers.py mamba-scan --out "$out/levers"
+else
+  bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
+  bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
+  bench s5_ptd-fused s5_ptd/pathfinder,s5_ptd/pathx model.mixer.scan=fused
+fi
 exit 0

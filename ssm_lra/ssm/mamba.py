@@ -40,7 +40,7 @@ import numpy as np
 
 from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.mamba_kernel import selective_scan_fused
-from ssm_lra.ssm.pallas_common import fused_scan_available
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs
 from ssm_lra.ssm.scan import check_chunk_size, chunked_scan, linear_scan
 
 __all__ = [
@@ -288,11 +288,8 @@ class Mamba(Mixer):
             raise ValueError(f"bidirectional must be true or false, got {self.bidirectional!r}")
         if self.scan not in SCANS:
             raise ValueError(f"unknown Mamba scan {self.scan!r}; valid ones are {', '.join(map(repr, SCANS))}")
-        if self.scan == "fused" and not fused_scan_available():
-            raise ValueError(
-                f"scan 'fused' runs a Pallas (Triton) GPU kernel, and JAX's backend here is "
-                f"{jax.default_backend()!r}: use scan 'xla' (or 'fused_interpret', slow, to check it)"
-            )
+        if self.scan == "fused":
+            check_fused_scan_runs(fallback="xla")
 
     @property
     def d_inner(self) -> int:

@@ -14,6 +14,15 @@ def fused_scan_available() -> bool:
     return jax.default_backend() == "gpu" and importlib.util.find_spec("jax.experimental.pallas") is not None
 
 
+def check_fused_scan_runs(fallback: str) -> None:
+    """A ValueError naming `fallback` if scan "fused" cannot run here (a mixer's option check)."""
+    if not fused_scan_available():
+        raise ValueError(
+            f"scan 'fused' runs a Pallas (Triton) GPU kernel, and JAX's backend here is "
+            f"{jax.default_backend()!r}: use scan '{fallback}' (or 'fused_interpret', slow, to check it)"
+        )
+
+
 def compiler_params(interpret: bool, num_warps: int):
     """Triton settings (none when interpreted). One stage: the kernels' loops are sequential
     recurrences, whose loads they issue a chunk ahead themselves."""

@@ -32,6 +32,8 @@ from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
+from ssm_lra.ssm.lti_kernel import lti_scan_fused
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs
 from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan, lti_scan, lti_unrolled_scan
 
 __all__ = ["C_INITS", "S5", "SSM_INITS", "SSM_PARAM_NAMES", "apply_s5", "block_diagonal_init"]
@@ -168,6 +170,28 @@ SCANS = {
     "unrolled": lambda a, b, block, reverse: lti_unrolled_scan(a, b, block, reverse=reverse),
 }
 BLOCKED_SCANS = ("blocked", "unrolled")
+# One Pallas kernel per direction (ssm/lti_kernel.py; GPU only), or its interpreted form (any
+# backend, slow: for checks). These also run the projections differently: see `fused_s5`.
+FUSED_SCANS = ("fused", "fused_interpret")
+
+
+def fused_s5(Lambda_bar, B_bar, C_tilde, u, bidirectional: bool, interpret: bool):
+    """Re(C~ x) of `apply_s5` with the states from the fused kernel. The kernel takes and gives
+    real and imaginary parts apart, so the projections are real matmuls on the parts,
+    B_bar u = (Re B_bar) u + i (Im B_bar) u and Re(C x) = Re(C) Re(x) - Im(C) Im(x): no complex
+    array is built or taken apart on the way."""
+    P2 = Lambda_bar.shape[0]
+    x = u.astype(B_bar.real.dtype)
+    b_re = jnp.einsum("blh,ph->blp", x, B_bar.real)
+    b_im = jnp.einsum("blh,ph->blp", x, B_bar.imag)
+    y = 0.0
+    for d, reverse in enumerate((False, True) if bidirectional else (False,)):
+        x_re, x_im = lti_scan_fused(
+            Lambda_bar.real, Lambda_bar.imag, b_re, b_im, reverse=reverse, interpret=interpret
+        )
+        C = C_tilde[:, d * P2 : (d + 1) * P2]
+        y = y + jnp.einsum("blp,hp->blh", x_re, C.real) - jnp.einsum("blp,hp->blh", x_im, C.imag)
+    return y
 
 
 def apply_s5(
@@ -186,6 +210,9 @@ def apply_s5(
     dt = jnp.exp(log_dt)
     Lambda_bar, B_bar = DISCRETIZATIONS[discretization](Lambda[:, None], B_tilde, dt[:, None])
     Lambda_bar = Lambda_bar[:, 0]
+    if scan in FUSED_SCANS:
+        y = fused_s5(Lambda_bar, B_bar, C_tilde, u, bidirectional, interpret=scan == "fused_interpret")
+        return 2.0 * y if conj_sym else y
     Bu = jnp.einsum("blh,ph->blp", u.astype(B_bar.dtype), B_bar)
     def states(reverse):
         return SCANS[scan](Lambda_bar, Bu, scan_block, reverse)
@@ -212,7 +239,8 @@ class S5(Mixer):
         are computed, all giving the same states (`SCANS`): "lti" (an associative scan that moves
         only B_bar u, Lambda_bar being the same at every step; the fastest on an H200),
         "associative" (jax.lax.associative_scan of (Lambda_bar, B_bar u) pairs), "blocked" and
-        "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps). scan_block: T for
+        "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps), "fused" (one
+        Pallas GPU kernel per direction, `fused_s5`) or "fused_interpret". scan_block: T for
         the blocked scans. states). param_dtype: dtype of the real parameters.
     Parameters: Lambda_re, Lambda_im, log_dt (P2,); B (P2, H, 2); C (H, channels * P2, 2); D (H,).
     """
@@ -245,8 +273,11 @@ class S5(Mixer):
 
         if not is_int(self.d_state) or self.d_state < 1:
             raise ValueError(f"d_state must be a positive integer, got {self.d_state!r}")
-        if self.scan not in SCANS:
-            raise ValueError(f"unknown S5 scan {self.scan!r}; valid ones are {', '.join(map(repr, SCANS))}")
+        valid = (*SCANS, *FUSED_SCANS)
+        if self.scan not in valid:
+            raise ValueError(f"unknown S5 scan {self.scan!r}; valid ones are {', '.join(map(repr, valid))}")
+        if self.scan == "fused":
+            check_fused_scan_runs(fallback="lti")
         if self.scan in BLOCKED_SCANS or self.scan_block is not None:
             check_chunk_size(self.scan_block)
         if not is_int(self.blocks) or self.blocks < 1:

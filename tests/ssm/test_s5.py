@@ -159,7 +159,8 @@ def test_layer_at_init_matches_loop(ssm_init, conj_sym):
 
 @pytest.mark.parametrize(
     "scan, scan_block",
-    [("associative", None), ("lti", None), ("blocked", 1), ("blocked", 8), ("blocked", 64), ("unrolled", 1), ("unrolled", 8)],
+    [("associative", None), ("lti", None), ("blocked", 1), ("blocked", 8), ("blocked", 64), ("unrolled", 1), ("unrolled", 8),
+     ("fused_interpret", None)],  # the fused GPU kernel, through Pallas' interpreter
 )
 def test_every_scan_method_gives_the_layer_of_the_loop(scan, scan_block):
     # model.mixer.scan: each way of computing the states, both directions, an odd length.
@@ -370,12 +371,53 @@ def test_gradients_match_finite_differences():
         ({"discretization": "euler"}, "'zoh', 'bilinear'"),
         ({"c_init": "zeros"}, "'trunc_standard_normal', 'lecun_normal', 'complex_normal'"),
         ({"ssm_init": "legt"}, "'hippo', 'ptd'"),
+        ({"scan": "pallas"}, "'lti'.*'fused'"),
         ({"dt_min": 0.2, "dt_max": 0.1}, "dt_min <= dt_max"),
     ],
 )
 def test_invalid_options_raise_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S5(d_model=2, **kwargs)
+
+
+def test_fused_scan_with_conj_sym_and_its_gradients_match_lti():
+    # The fused route's real projections, doubled readout and both directions, and its gradients
+    # with respect to every parameter, against the default route.
+    H, P, L = 3, 8, 21
+    params = random_params(H, P // 2, 2, seed=9)  # conjugate symmetry: P/2 states kept
+    u = jnp.asarray(np.random.default_rng(9).normal(size=(2, L, H)))
+
+    def value_and_grads(scan):
+        layer = make_layer(H, P, conj_sym=True, bidirectional=True, scan=scan)
+        loss = lambda p: jnp.sum(jnp.sin(layer.apply({"params": p}, u)))
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    value, grads = value_and_grads("lti")
+    value_f, grads_f = value_and_grads("fused_interpret")
+    np.testing.assert_allclose(value_f, value, rtol=1e-12)
+    for k in grads:
+        assert_rel_close(grads_f[k], grads[k], 1e-10)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the check is for machines without a GPU")
+def test_fused_scan_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="GPU kernel.*use scan 'lti'"):
+        S5(d_model=2, scan="fused")
+
+
+def test_fused_kernel_lowers_to_triton_for_cuda():
+    # Lowering for CUDA runs Pallas' Triton lowering of both kernels without a GPU.
+    from jax import export
+
+    from ssm_lra.ssm.lti_kernel import lti_scan_fused
+
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    shapes = (f32(64), f32(64), f32(2, 40, 64), f32(2, 40, 64))
+    loss = lambda *a: sum(jnp.sum(x**2) for x in lti_scan_fused(*a, reverse=True))
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    module = export.export(grad, platforms=["cuda"], disabled_checks=[triton])(*shapes).mlir_module()
+    assert "lti_scan_forward" in module and "lti_scan_backward" in module
 
 
 def test_odd_blocks_allowed_without_conj_sym():
