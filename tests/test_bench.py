@@ -74,6 +74,17 @@ def test_read_cost_analysis_dict_list_and_missing():
     assert rl.read_cost_analysis(None) == {"flops": None, "bytes_accessed": None, "transcendentals": None}
 
 
+def test_hlo_kernels_names_the_pallas_calls():
+    call = '%c{i} = f32[2] custom-call(%a), custom_call_target="__gpu$xla.gpu.triton", metadata={{op_name="jit(f)/x"}}'
+    text = "\n".join([
+        call.format(i=1) + ', backend_config={name = "selective_scan_forward", num_warps = 4}',
+        call.format(i=2),
+        '%f = f32[2] fusion(%a), kind=kLoop, metadata={op_name="triton_like_name"}',
+    ])
+    assert rl.hlo_kernels(text) == ["selective_scan_forward", "?"]
+    assert rl.hlo_kernels("%f = f32[2] fusion(%a), kind=kLoop") == []
+
+
 def test_hlo_has_loops():
     assert rl.hlo_has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
     assert not rl.hlo_has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")

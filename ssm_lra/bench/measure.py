@@ -63,7 +63,8 @@ def peak_memory_bytes() -> int | None:
 
 
 def compiled_costs(compiled) -> dict:
-    """XLA's cost analysis of a compiled program, with a flag for loops (counted once by XLA)."""
+    """XLA's cost analysis of a compiled program, with its loops (counted once by XLA) and its
+    Pallas kernels (not counted at all)."""
     costs = rl.read_cost_analysis(compiled.cost_analysis())
     try:
         text = compiled.as_text()
@@ -71,6 +72,7 @@ def compiled_costs(compiled) -> dict:
         text = None
     costs["has_loops"] = rl.hlo_has_loops(text) if text is not None else None
     costs["loops"] = rl.hlo_loops(text) if text is not None else None
+    costs["kernels"] = rl.hlo_kernels(text) if text is not None else None
     costs["memory"] = compiled_memory(compiled)
     return costs
 

@@ -74,6 +74,8 @@ def layer_cells(row: dict) -> list[str]:
     times = layer["measured_s"]
     flops = _get(layer, "xla", "flops")
     loops = " (loop: undercount)" if _get(layer, "xla", "has_loops") else ""
+    if _get(layer, "xla", "kernels"):
+        loops += " (kernels not counted)"
     return [
         row["experiment"],
         fmt(flops, ".3f", 1e-9) + loops,
@@ -166,7 +168,8 @@ def markdown(doc: dict) -> str:
             "experiment); roofline = max(FLOPs / matmul rate (float32 at default precision; bfloat16 with "
             "trainer.precision=bfloat16), bytes / bandwidth); achieved = roofline / measured "
             "median. Floor: the same with the compulsory bytes only (inputs read once, outputs written once). "
-            "'loop: undercount' marks a program with a while loop, whose body XLA counts once. See NOTES.md."
+            "'loop: undercount' marks a program with a while loop, whose body XLA counts once; 'kernels not "
+            "counted', one that calls Pallas kernels, which XLA's cost analysis does not see into. See NOTES.md."
         ),
         "",
         markdown_table(LAYER_COLUMNS, [layer_cells(r) for r in rows]),

@@ -120,6 +120,20 @@ def hlo_loops(hlo_text: str) -> list[dict]:
     return loops
 
 
+def hlo_kernels(hlo_text: str) -> list[str]:
+    """The Pallas/Triton kernels a compiled HLO program calls (their names where the call states
+    one). XLA's cost analysis does not see inside them, so a program with kernels undercounts
+    the FLOPs and bytes by whatever the kernels do."""
+    kernels = []
+    for line in hlo_text.splitlines():
+        if "xla.gpu.triton" not in line:
+            continue
+        # the call's own name key, not metadata's op_name
+        name = re.search(r'(?<![A-Za-z_])name\\?"?\s*[:=]\s*\\?"([A-Za-z0-9_.]+)', line)
+        kernels.append(name.group(1) if name else "?")
+    return kernels
+
+
 # ----------------------------------------------------------------------------------------------
 # Measured ceilings (need jax and a device).
 
