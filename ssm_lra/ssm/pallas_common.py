@@ -30,7 +30,9 @@ def compiler_params(interpret: bool, num_warps: int):
         return None
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+    # Named TritonCompilerParams in jax releases before 0.7.
+    params = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
+    return params(num_warps=num_warps, num_stages=1)
 
 
 def pad_axis(x, axis: int, size: int):
