@@ -30,7 +30,7 @@ def compiler_params(interpret: bool, num_warps: int):
         return None
     from jax.experimental.pallas import triton as plgpu
 
-    # Named TritonCompilerParams in jax releases before 0.7.
+    # TritonCompilerParams is the older name of the same settings.
     params = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
     return params(num_warps=num_warps, num_stages=1)
 
