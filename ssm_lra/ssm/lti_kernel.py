@@ -26,7 +26,7 @@ from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_ax
 
 __all__ = ["lti_scan_fused"]
 
-CHUNK = 16  # steps whose loads are issued together
+CHUNK = 32  # steps whose loads are issued together: with one warp per program, enough bytes in flight
 BLOCK_P = 32  # states per program: one warp, one state per thread
 
 
