@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
+from ssm_lra.ssm.pallas_common import batch_parallel, compiler_params, next_power_of_two, pad_axis, round_up
 
 __all__ = ["lti_scan_fused"]
 
@@ -97,38 +97,46 @@ def _specs(Bz, L, P, block_p):
 def _forward(lr, li, br, bi, *, reverse, chunk, block_p, interpret):
     from jax.experimental import pallas as pl
 
-    Bz, L, P = br.shape
-    per_state, sequence, _ = _specs(Bz, L, P, block_p)
-    out = jax.ShapeDtypeStruct((Bz, L, P), br.dtype)
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, chunk=chunk, length=L, reverse=reverse),
-        out_shape=(out, out),
-        grid=(Bz, P // block_p),
-        in_specs=[per_state, per_state, sequence, sequence],
-        out_specs=(sequence, sequence),
-        interpret=interpret,
-        compiler_params=compiler_params(interpret, num_warps=1),
-        name="lti_scan_forward",
-    )(lr, li, br, bi)
+    def call(lr, li, br, bi):  # on one device's share of the batch
+        Bz, L, P = br.shape
+        per_state, sequence, _ = _specs(Bz, L, P, block_p)
+        out = jax.ShapeDtypeStruct((Bz, L, P), br.dtype)
+        return pl.pallas_call(
+            functools.partial(_forward_kernel, chunk=chunk, length=L, reverse=reverse),
+            out_shape=(out, out),
+            grid=(Bz, P // block_p),
+            in_specs=[per_state, per_state, sequence, sequence],
+            out_specs=(sequence, sequence),
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=1),
+            name="lti_scan_forward",
+        )(lr, li, br, bi)
+
+    return batch_parallel(call, "p, p, b l p, b l p -> b l p, b l p")(lr, li, br, bi)
 
 
 def _backward(lr, li, xr, xi, gr, gi, *, reverse, chunk, block_p, interpret):
     from jax.experimental import pallas as pl
 
-    Bz, L, P = xr.shape
-    per_state, sequence, per_sequence_state = _specs(Bz, L, P, block_p)
-    full = jax.ShapeDtypeStruct((Bz, L, P), xr.dtype)
-    partial_sum = jax.ShapeDtypeStruct((Bz, P), xr.dtype)
-    dbr, dbi, dlr, dli = pl.pallas_call(
-        functools.partial(_backward_kernel, chunk=chunk, length=L, reverse=reverse),
-        out_shape=(full, full, partial_sum, partial_sum),
-        grid=(Bz, P // block_p),
-        in_specs=[per_state, per_state, sequence, sequence, sequence, sequence],
-        out_specs=(sequence, sequence, per_sequence_state, per_sequence_state),
-        interpret=interpret,
-        compiler_params=compiler_params(interpret, num_warps=1),
-        name="lti_scan_backward",
-    )(lr, li, xr, xi, gr, gi)
+    def call(lr, li, xr, xi, gr, gi):  # on one device's share of the batch
+        Bz, L, P = xr.shape
+        per_state, sequence, per_sequence_state = _specs(Bz, L, P, block_p)
+        full = jax.ShapeDtypeStruct((Bz, L, P), xr.dtype)
+        per_sequence = jax.ShapeDtypeStruct((Bz, P), xr.dtype)
+        return pl.pallas_call(
+            functools.partial(_backward_kernel, chunk=chunk, length=L, reverse=reverse),
+            out_shape=(full, full, per_sequence, per_sequence),
+            grid=(Bz, P // block_p),
+            in_specs=[per_state, per_state, sequence, sequence, sequence, sequence],
+            out_specs=(sequence, sequence, per_sequence_state, per_sequence_state),
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=1),
+            name="lti_scan_backward",
+        )(lr, li, xr, xi, gr, gi)
+
+    rule = "p, p, b l p, b l p, b l p, b l p -> b l p, b l p, b p, b p"
+    dbr, dbi, dlr, dli = batch_parallel(call, rule)(lr, li, xr, xi, gr, gi)
+    # Lambda_bar's gradient per sequence, summed over the batch here (across devices if sharded).
     return dlr.sum(0), dli.sum(0), dbr, dbi
 
 

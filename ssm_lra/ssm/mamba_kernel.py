@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
+from ssm_lra.ssm.pallas_common import batch_parallel, compiler_params, next_power_of_two, pad_axis, round_up
 
 __all__ = ["selective_scan_fused"]
 
@@ -121,56 +121,65 @@ def _specs(Bz, L, E, N, block_e):
 def _forward(u, dt, A, B, C, D, *, chunk, block_e, interpret):
     from jax.experimental import pallas as pl
 
-    Bz, L, E = u.shape
-    N = A.shape[1]
-    n_chunks = L // chunk
-    per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
-    states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, chunk=chunk, n_chunks=n_chunks),
-        out_shape=(
-            jax.ShapeDtypeStruct((Bz, L, E), u.dtype),
-            jax.ShapeDtypeStruct((Bz, n_chunks, E, N), u.dtype),
-        ),
-        grid=(Bz, E // block_e),
-        in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec],
-        out_specs=(per_channel, states_spec),
-        interpret=interpret,
-        compiler_params=compiler_params(interpret, num_warps=4),
-        name="selective_scan_forward",
-    )(u, dt, A, B, C, D)
+    def call(u, dt, A, B, C, D):  # on one device's share of the batch
+        Bz, L, E = u.shape
+        N = A.shape[1]
+        n_chunks = L // chunk
+        per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
+        states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
+        return pl.pallas_call(
+            functools.partial(_forward_kernel, chunk=chunk, n_chunks=n_chunks),
+            out_shape=(
+                jax.ShapeDtypeStruct((Bz, L, E), u.dtype),
+                jax.ShapeDtypeStruct((Bz, n_chunks, E, N), u.dtype),
+            ),
+            grid=(Bz, E // block_e),
+            in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec],
+            out_specs=(per_channel, states_spec),
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=4),
+            name="selective_scan_forward",
+        )(u, dt, A, B, C, D)
+
+    rule = "b l e, b l e, e n, b l n, b l n, e -> b l e, b c e n"
+    return batch_parallel(call, rule)(u, dt, A, B, C, D)
 
 
 def _backward(u, dt, A, B, C, D, states, dy, *, chunk, block_e, interpret):
     from jax.experimental import pallas as pl
 
-    Bz, L, E = u.shape
-    N = A.shape[1]
-    n_blocks = E // block_e
-    n_chunks = L // chunk
-    per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
-    states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
-    per_block_state = pl.BlockSpec((None, None, L, N), lambda b, e: (b, e, 0, 0))
-    dA_spec = pl.BlockSpec((None, block_e, N), lambda b, e: (b, e, 0))
-    dD_spec = pl.BlockSpec((None, block_e), lambda b, e: (b, e))
-    f32 = u.dtype
-    du, ddt, dA, dB, dC, dD = pl.pallas_call(
-        functools.partial(_backward_kernel, chunk=chunk, n_chunks=n_chunks),
-        out_shape=(
-            jax.ShapeDtypeStruct((Bz, L, E), f32),
-            jax.ShapeDtypeStruct((Bz, L, E), f32),
-            jax.ShapeDtypeStruct((Bz, E, N), f32),
-            jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
-            jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
-            jax.ShapeDtypeStruct((Bz, E), f32),
-        ),
-        grid=(Bz, n_blocks),
-        in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec, states_spec, per_channel],
-        out_specs=(per_channel, per_channel, dA_spec, per_block_state, per_block_state, dD_spec),
-        interpret=interpret,
-        compiler_params=compiler_params(interpret, num_warps=4),
-        name="selective_scan_backward",
-    )(u, dt, A, B, C, D, states, dy)
+    def call(u, dt, A, B, C, D, states, dy):  # on one device's share of the batch
+        Bz, L, E = u.shape
+        N = A.shape[1]
+        n_blocks = E // block_e
+        n_chunks = L // chunk
+        per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
+        states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
+        per_block_state = pl.BlockSpec((None, None, L, N), lambda b, e: (b, e, 0, 0))
+        dA_spec = pl.BlockSpec((None, block_e, N), lambda b, e: (b, e, 0))
+        dD_spec = pl.BlockSpec((None, block_e), lambda b, e: (b, e))
+        f32 = u.dtype
+        return pl.pallas_call(
+            functools.partial(_backward_kernel, chunk=chunk, n_chunks=n_chunks),
+            out_shape=(
+                jax.ShapeDtypeStruct((Bz, L, E), f32),
+                jax.ShapeDtypeStruct((Bz, L, E), f32),
+                jax.ShapeDtypeStruct((Bz, E, N), f32),
+                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
+                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
+                jax.ShapeDtypeStruct((Bz, E), f32),
+            ),
+            grid=(Bz, n_blocks),
+            in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec, states_spec, per_channel],
+            out_specs=(per_channel, per_channel, dA_spec, per_block_state, per_block_state, dD_spec),
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=4),
+            name="selective_scan_backward",
+        )(u, dt, A, B, C, D, states, dy)
+
+    rule = "b l e, b l e, e n, b l n, b l n, e, b c e n, b l e -> b l e, b l e, b e n, b k l n, b k l n, b e"
+    du, ddt, dA, dB, dC, dD = batch_parallel(call, rule)(u, dt, A, B, C, D, states, dy)
+    # Sums over channel blocks (dB, dC) and over the batch (dA, dD; across devices if sharded).
     return du, ddt, dA.sum(0), dB.sum(1), dC.sum(1), dD.sum(0)
 
 
