@@ -18,32 +18,24 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_levers import mamba_scan_inputs, mamba_scan_variants  # noqa: E402 (scripts/, beside this file)
+
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
-from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.scan import lti_scan
 
 FUSED = "fused" if jax.default_backend() == "gpu" else "fused_interpret"
 
 
 def mamba_case(Bz, L, E, N):
-    """(names of the results, {route: function}, inputs, cotangent)."""
-    k = jax.random.split(jax.random.PRNGKey(0), 6)
-    inputs = (
-        jax.random.normal(k[0], (Bz, L, E)),
-        jnp.exp(jax.random.uniform(k[1], (Bz, L, E), minval=np.log(1e-3), maxval=np.log(1e-1))),
-        -jnp.broadcast_to(jnp.arange(1.0, N + 1), (E, N)),
-        jax.random.normal(k[2], (Bz, L, N)),
-        jax.random.normal(k[3], (Bz, L, N)),
-        jax.random.normal(k[4], (E,)),
-    )
-    routes = {scan: partial(batched_selective_scan, scan=scan, chunk_size=512 if L > 4096 else None)
-              for scan in ("xla", FUSED)}
-    return ("y", "du", "ddt", "dA", "dB", "dC", "dD"), routes, inputs, jax.random.normal(k[5], (Bz, L, E))
+    """(names of the results, {route: function}, inputs, cotangent): bench_levers' mamba-scan lever."""
+    inputs, cotangent = mamba_scan_inputs(Bz, L, E, N)
+    return ("y", "du", "ddt", "dA", "dB", "dC", "dD"), mamba_scan_variants(Bz, L, E, N), inputs, cotangent
 
 
 def s5_case(Bz, L, P):
