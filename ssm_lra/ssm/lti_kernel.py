@@ -85,7 +85,7 @@ def _backward_kernel(
     dli_ref[...] = dli
 
 
-def _specs(Bz, L, P, block_p):
+def _specs(L, block_p):
     from jax.experimental import pallas as pl
 
     per_state = pl.BlockSpec((block_p,), lambda b, p: (p,))
@@ -99,7 +99,7 @@ def _forward(lr, li, br, bi, *, reverse, chunk, block_p, interpret):
 
     def call(lr, li, br, bi):  # on one device's share of the batch
         Bz, L, P = br.shape
-        per_state, sequence, _ = _specs(Bz, L, P, block_p)
+        per_state, sequence, _ = _specs(L, block_p)
         out = jax.ShapeDtypeStruct((Bz, L, P), br.dtype)
         return pl.pallas_call(
             functools.partial(_forward_kernel, chunk=chunk, length=L, reverse=reverse),
@@ -120,7 +120,7 @@ def _backward(lr, li, xr, xi, gr, gi, *, reverse, chunk, block_p, interpret):
 
     def call(lr, li, xr, xi, gr, gi):  # on one device's share of the batch
         Bz, L, P = xr.shape
-        per_state, sequence, per_sequence_state = _specs(Bz, L, P, block_p)
+        per_state, sequence, per_sequence_state = _specs(L, block_p)
         full = jax.ShapeDtypeStruct((Bz, L, P), xr.dtype)
         per_sequence = jax.ShapeDtypeStruct((Bz, P), xr.dtype)
         return pl.pallas_call(

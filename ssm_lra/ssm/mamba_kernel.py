@@ -108,14 +108,17 @@ def _backward_kernel(
 # pallas_call wrappers on padded arrays: u, dt (Bz, L, E); B, C (Bz, L, N); A (E, N); D (E,).
 
 
-def _specs(Bz, L, E, N, block_e):
+def _specs(L, N, n_chunks, block_e):
+    """Blocks of one (sequence, channel block) program: (L, bE) per-channel arrays, (L, N) B and C,
+    A (bE, N), D (bE,), and the (n_chunks, bE, N) chunk-start states."""
     from jax.experimental import pallas as pl
 
     per_channel = pl.BlockSpec((None, L, block_e), lambda b, e: (b, 0, e))
     per_state = pl.BlockSpec((None, L, N), lambda b, e: (b, 0, 0))
     A_spec = pl.BlockSpec((block_e, N), lambda b, e: (e, 0))
     D_spec = pl.BlockSpec((block_e,), lambda b, e: (e,))
-    return per_channel, per_state, A_spec, D_spec
+    states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
+    return per_channel, per_state, A_spec, D_spec, states_spec
 
 
 def _forward(u, dt, A, B, C, D, *, chunk, block_e, interpret):
@@ -125,8 +128,7 @@ def _forward(u, dt, A, B, C, D, *, chunk, block_e, interpret):
         Bz, L, E = u.shape
         N = A.shape[1]
         n_chunks = L // chunk
-        per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
-        states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
+        per_channel, per_state, A_spec, D_spec, states_spec = _specs(L, N, n_chunks, block_e)
         return pl.pallas_call(
             functools.partial(_forward_kernel, chunk=chunk, n_chunks=n_chunks),
             out_shape=(
@@ -153,21 +155,20 @@ def _backward(u, dt, A, B, C, D, states, dy, *, chunk, block_e, interpret):
         N = A.shape[1]
         n_blocks = E // block_e
         n_chunks = L // chunk
-        per_channel, per_state, A_spec, D_spec = _specs(Bz, L, E, N, block_e)
-        states_spec = pl.BlockSpec((None, n_chunks, block_e, N), lambda b, e: (b, 0, e, 0))
+        per_channel, per_state, A_spec, D_spec, states_spec = _specs(L, N, n_chunks, block_e)
         per_block_state = pl.BlockSpec((None, None, L, N), lambda b, e: (b, e, 0, 0))
         dA_spec = pl.BlockSpec((None, block_e, N), lambda b, e: (b, e, 0))
         dD_spec = pl.BlockSpec((None, block_e), lambda b, e: (b, e))
-        f32 = u.dtype
+        dtype = u.dtype
         return pl.pallas_call(
             functools.partial(_backward_kernel, chunk=chunk, n_chunks=n_chunks),
             out_shape=(
-                jax.ShapeDtypeStruct((Bz, L, E), f32),
-                jax.ShapeDtypeStruct((Bz, L, E), f32),
-                jax.ShapeDtypeStruct((Bz, E, N), f32),
-                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
-                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), f32),
-                jax.ShapeDtypeStruct((Bz, E), f32),
+                jax.ShapeDtypeStruct((Bz, L, E), dtype),
+                jax.ShapeDtypeStruct((Bz, L, E), dtype),
+                jax.ShapeDtypeStruct((Bz, E, N), dtype),
+                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), dtype),
+                jax.ShapeDtypeStruct((Bz, n_blocks, L, N), dtype),
+                jax.ShapeDtypeStruct((Bz, E), dtype),
             ),
             grid=(Bz, n_blocks),
             in_specs=[per_channel, per_channel, A_spec, per_state, per_state, D_spec, states_spec, per_channel],
