@@ -219,8 +219,7 @@ def prepare(
     def make_builder():
         return builder_class(task)(source_dir=source_dir, data_dir=str(data_dir), file_format="array_record", **kwargs)
 
-    builder = make_builder()
-    if not builder.is_prepared():
+    if not make_builder().is_prepared():
         # Runs of a sweep may start together: one prepares, the others wait and then reuse it.
         with atomic.exclusive(Path(cache_dir) / "locks" / f"tfds-{task}-{key}.lock"):
             builder = make_builder()
@@ -230,7 +229,10 @@ def prepare(
                 # TFDS prints its own progress bars; keep its chatty stdout lines out of the run log.
                 with contextlib.redirect_stdout(io.StringIO()):
                     builder.download_and_prepare()
-    return builder.as_data_source()
+                return builder.as_data_source()
+    # A builder reads the dataset's split list when it is made: one made while another run was still
+    # preparing would report the set as prepared yet know no splits. Make it after the check.
+    return make_builder().as_data_source()
 
 
 # ----------------------------------------------------------------------------------------------

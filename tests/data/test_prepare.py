@@ -46,3 +46,31 @@ def test_runs_starting_together_prepare_the_dataset_once(tmp_path):
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         assert pool.map(_load_in_subprocess, [(task, data)] * 3) == [3, 3, 3]
     assert len(list((cache / "tfds").iterdir())) == 1
+
+
+def test_a_run_that_looks_while_another_finishes_preparing_sees_every_split(tmp_path, monkeypatch):
+    """The interleaving that made the concurrent test flaky, made deterministic: this run makes its
+    builder before the set exists, and another run finishes preparing before this one checks."""
+    from ssm_lra.data import tfds_builders
+
+    source, cache = tmp_path / "listops-1000", tmp_path / "cache"
+    write_split_files(source, ROWS)
+    real_class = tfds_builders.builder_class("listops")
+    made = []
+
+    def builder_made_too_early(*args, **kwargs):
+        builder = real_class(*args, **kwargs)
+        if not made:
+            real_check = builder.is_prepared
+
+            def another_run_finishes_first():
+                real_class(*args, **kwargs).download_and_prepare()
+                return real_check()
+
+            builder.is_prepared = another_run_finishes_first
+        made.append(builder)
+        return builder
+
+    monkeypatch.setattr(tfds_builders, "builder_class", lambda task: builder_made_too_early)
+    task, data = {"name": "listops", "seq_len": 32}, {"root": str(tmp_path), "cache_dir": str(cache)}
+    assert len(load_task_data(task, data).splits["train"]) == 3
