@@ -104,9 +104,10 @@ def run(cfg: DictConfig) -> dict:
     initialize_multihost(cfg.trainer.get("multihost", "auto"))
 
     # Everything the config decides is checked before data is prepared or anything is compiled.
-    from ssm_lra.engine.setup import build_state, check_config
+    from ssm_lra.engine.setup import build_state, check_config, enable_compilation_cache
 
     plan = check_config(cfg)
+    enable_compilation_cache(plan.trainer.get("compilation_cache"))
     spec, model, trainer = plan.spec, plan.model, plan.trainer
 
     # Data.

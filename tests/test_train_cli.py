@@ -240,9 +240,10 @@ EXACT_KEYS = (
 
 def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
     """Exact resume: parameters, optimizer state, RNG, data position and best metrics all carry over."""
+    compiled = tmp_path / "compiled"
     args = [
         "trainer=smoke", "trainer.max_steps=150", "task.seq_len=256", "trainer.limit_eval_batches=2",
-        "trainer.eval_every_steps=40", "model.dropout=0.1", "logger=none",
+        "trainer.eval_every_steps=40", "model.dropout=0.1", "logger=none", f"trainer.compilation_cache={compiled}",
     ]
     whole_dir, run_dir = tmp_path / "whole", tmp_path / "run"
     whole = train([*args, f"hydra.run.dir={whole_dir}"], cache_dir, tmp_path, popen=True)  # runs alongside
@@ -258,8 +259,12 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
     assert "Resume with" in stderr and "Traceback" not in stderr
     stopped_at = max(r["step"] for r in read_metrics(run_dir) if r["split"] == "train")
     assert stopped_at < 150 and stopped_at % 48 != 0  # 48 batches per epoch: stopped mid-epoch
+    compiled_before = sorted(p.name for p in compiled.iterdir())
     resumed = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The resumed run loaded the steps the first runs compiled (and they compute the same numbers).
+    assert any(name.startswith("jit_train_step") for name in compiled_before), compiled_before
+    assert sorted(p.name for p in compiled.iterdir()) == compiled_before
     assert f"Resuming from {run_dir / 'checkpoints' / 'latest'} at step {stopped_at}." in resumed.stdout
     train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
     assert sorted(train_steps) == list(range(1, 151))  # every step trained exactly once

@@ -87,6 +87,9 @@ def validate_trainer(trainer: dict, devices: int = 1, processes: int = 1) -> Non
         raise ConfigError(f"trainer.checkpoint_every_minutes must be positive or null, got {minutes!r}.")
     if trainer.get("multihost", "auto") not in ("auto", True, False):
         raise ConfigError(f"trainer.multihost must be auto, true or false, got {trainer['multihost']!r}.")
+    cache = trainer.get("compilation_cache")
+    if cache is not None and not (isinstance(cache, str) and cache):
+        raise ConfigError(f"trainer.compilation_cache must be a folder or null, got {cache!r}.")
     check_batch_sizes(trainer["batch_size"], eval_settings(trainer)[0], accumulate, devices, processes)
 
 
@@ -108,6 +111,23 @@ def check_config(cfg: DictConfig) -> Plan:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec, trainer.get("precision", "float32"))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     return Plan(cfg=cfg, task=task_cfg, data=data_cfg, trainer=trainer, spec=spec, model=model)
+
+
+def enable_compilation_cache(folder: str | None) -> None:
+    """Keep compiled steps in `folder` so that later runs of the same shapes load them instead of
+    compiling again (minutes for Path-X models on a GPU). Must run before anything is compiled."""
+    if folder is None:
+        return
+    import jax
+
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create trainer.compilation_cache={path} ({e.strerror}); choose another folder or set it to null."
+        ) from None
+    jax.config.update("jax_compilation_cache_dir", str(path))
 
 
 def build_state(plan: Plan, num_train: int):

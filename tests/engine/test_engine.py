@@ -21,7 +21,7 @@ from ssm_lra.engine.checkpoint import Checkpoints
 from ssm_lra.engine.distributed import check_batch_sizes, host_rows
 from ssm_lra.engine.logging import RunLogger
 from ssm_lra.engine.loop import NonFiniteLoss, Progress, Schedule, fit, stop_on_signals
-from ssm_lra.engine.setup import validate_trainer
+from ssm_lra.engine.setup import enable_compilation_cache, validate_trainer
 from ssm_lra.engine.steps import init_state, init_variables, make_train_step, micro_batches
 from ssm_lra.errors import ConfigError
 from ssm_lra.model import build_model
@@ -127,11 +127,18 @@ def test_host_rows_cover_each_batch_once_in_order():
         ({"batch_size": 8, "log_every": 1, "nonfinite": "ignore"}, 1, "trainer.nonfinite"),
         ({"batch_size": 8, "log_every": 1, "checkpoint_every_minutes": -1}, 1, "checkpoint_every_minutes"),
         ({"batch_size": 8, "log_every": 0}, 1, "trainer.log_every"),
+        ({"batch_size": 8, "log_every": 1, "compilation_cache": 3}, 1, "trainer.compilation_cache"),
     ],
 )
 def test_impossible_trainer_settings_are_one_clear_error(trainer, devices, message):
     with pytest.raises(ConfigError, match=message):
         validate_trainer(trainer, devices=devices)
+
+
+def test_a_compilation_cache_that_cannot_be_made_is_one_clear_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create trainer.compilation_cache=.*Not a directory.*null"):
+        enable_compilation_cache(str(tmp_path / "a_file" / "compiled"))
 
 
 def test_batch_sizes_that_fit_pass():

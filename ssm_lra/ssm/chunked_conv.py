@@ -1,0 +1,130 @@
+"""The convolution of a diagonal SSM computed chunk by chunk: matmuls instead of FFTs.
+
+For K[l] = 2 Re(sum_n W_n a_n^l) (W = C Bbar, a = Abar, one row of N/2 states per channel), cut
+the time axis into chunks of T steps and write t = cT + r:
+
+  y[c, r] = sum_{s <= r} K[r - s] u[c, s]                       (within the chunk)
+          + 2 Re sum_n W_n a_n^(r+1) S[c, n]                    (from all earlier chunks)
+
+  S[c] = a^T S[c-1] + z[c-1],  S[0] = 0,   z[c, n] = sum_s a_n^(T-1-s) u[c, s]
+
+The first term is a (T, T) lower-triangular Toeplitz matmul per channel; z and the read-out are
+(T, N/2) matmuls; only the chunk ends (L/T states per channel) go through a scan. Nothing of size
+(L, N) or an FFT of length 2L is formed, and the FLOPs land in batched matmuls.
+
+The anti-causal direction y[t] = sum_{j >= t} K'[j - t] u[j] is the mirror image: its within-chunk
+part is the upper triangle of the same Toeplitz matrix, its chunk states z'[c, n] = sum_s a^s u[c, s]
+run backwards, and chunk c reads them out with a^(T-r). Both directions share one matmul per stage.
+
+Layouts as in conv.py: u (..., L, H) with time before channels; W and log a are (H, N/2).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ssm_lra.ssm.scan import lti_scan
+
+__all__ = ["CHUNK_PRECISIONS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk"]
+
+# "default" lets XLA round float32 matmul inputs to TF32 on tensor cores (JAX's own default on
+# recent GPUs, which the dense layers already get); "highest" keeps true float32 products.
+CHUNK_PRECISIONS = {"default": None, "highest": lax.Precision.HIGHEST}
+
+
+def default_chunk(L: int) -> int:
+    """64 steps, or the sequence itself when shorter: a Toeplitz block of 64 costs about as many
+    products per step as reading out 32 complex states, so neither stage dominates."""
+    return max(1, min(64, L))
+
+
+def _powers(log_a, exponents):
+    """a^e for a (H, N2) complex given by its log, e (E,) real: (H, N2, E) complex."""
+    return jnp.exp(log_a[..., None] * exponents)
+
+
+def _as_real_rows(z):
+    """(H, N2, E) complex -> (H, 2 N2, E) real: [Re; Im] stacked along the state axis, so a complex
+    product with a real input is one real matmul."""
+    return jnp.concatenate([z.real, z.imag], axis=-2)
+
+
+def chunk_toeplitz(k_fwd, k_bwd=None):
+    """The (H, T, T) matrix M with y_chunk = M u_chunk for the within-chunk part.
+
+    M[h, r, s] = k_fwd[h, r - s] for s <= r, plus k_bwd[h, s - r] for s >= r (anti-causal; the
+    diagonal gets both). k_fwd, k_bwd: (H, T), the first T lags of each kernel.
+    """
+    T = k_fwd.shape[-1]
+    lag = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]  # r - s
+    M = jnp.where(lag >= 0, k_fwd[:, jnp.clip(lag, 0, T - 1)], 0.0)
+    if k_bwd is not None:
+        M = M + jnp.where(lag <= 0, k_bwd[:, jnp.clip(-lag, 0, T - 1)], 0.0)
+    return M
+
+
+def _kernel_head(W, a_pows):
+    """K[l] = 2 Re sum_n W_n a_n^l for the lags whose powers are given: (H, N2) x (H, N2, T) -> (H, T)."""
+    return 2.0 * jnp.einsum("hn,hnt->ht", W, a_pows).real
+
+
+def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "default"):
+    """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd), K[l] = 2 Re sum_n W_n a_n^l.
+
+    Same result as `causal_fft_conv(u, vandermonde_kernel(..., W_fwd, L))` (and, with W_bwd, as
+    `bidirectional_fft_conv`), computed chunk by chunk (see the module docstring).
+
+    u: (..., L, H) real; log_a: (H, N2) complex, log of the discrete eigenvalues; W_fwd, W_bwd:
+    (H, N2) complex. chunk: T (default `default_chunk(L)`); L is zero-padded to a multiple of it.
+    """
+    if precision not in CHUNK_PRECISIONS:
+        raise ValueError(f"unknown chunk precision {precision!r}; valid ones are {', '.join(map(repr, CHUNK_PRECISIONS))}")
+    prec = CHUNK_PRECISIONS[precision]
+    L, H = u.shape[-2], u.shape[-1]
+    T = chunk or default_chunk(L)
+    n_chunks = -(-L // T)
+    real = u.dtype
+    pad = [(0, 0)] * (u.ndim - 2) + [(0, n_chunks * T - L), (0, 0)]
+    blocks = jnp.pad(u, pad).reshape(u.shape[:-2] + (n_chunks, T, H))  # (..., C, T, H)
+
+    steps = jnp.arange(T + 1, dtype=real)
+    pows = _powers(log_a, steps)  # a^0 .. a^T: (H, N2, T + 1)
+    bidirectional = W_bwd is not None
+    k_fwd = _kernel_head(W_fwd, pows[..., :T])
+    k_bwd = _kernel_head(W_bwd, pows[..., :T]) if bidirectional else None
+    within = jnp.einsum("...csh,hrs->...crh", blocks, chunk_toeplitz(k_fwd, k_bwd).astype(real), precision=prec)
+
+    # Chunk states from each chunk's own inputs: a^(T-1-s) forwards, a^s backwards.
+    gather = [pows[..., T - 1 :: -1]] + ([pows[..., :T]] if bidirectional else [])
+    gather = jnp.concatenate([_as_real_rows(g) for g in gather], axis=-2).astype(real)  # (H, D, T)
+    z = jnp.einsum("...csh,hds->...chd", blocks, gather, precision=prec)  # D = 2 N2 per direction
+    N2 = log_a.shape[-1]
+    a_T = pows[..., T]  # (H, N2)
+
+    def carried(z_dir, reverse):
+        """S[c] (forwards) or S'[c] (backwards): the state the other chunks hand to chunk c."""
+        z_c = lax.complex(z_dir[..., :N2], z_dir[..., N2:])  # (..., C, H, N2)
+        ends = lti_scan(a_T, z_c, axis=-3, reverse=reverse)  # state after each chunk
+        shift = [(0, 0)] * ends.ndim
+        shift[-3] = (0, 1) if reverse else (1, 0)
+        ends = jnp.pad(ends, shift)
+        ends = ends[..., 1:, :, :] if reverse else ends[..., :-1, :, :]
+        return jnp.concatenate([ends.real, ends.imag], axis=-1)
+
+    # Read-out rows: 2 Re(W a^e S) = [2 Re(W a^e), -2 Im(W a^e)] . [Re S, Im S].
+    def readout(W, exps):
+        Wa = W[..., None] * exps  # (H, N2, T)
+        return jnp.concatenate([2.0 * Wa.real, -2.0 * Wa.imag], axis=-2)
+
+    states = [carried(z[..., : 2 * N2], reverse=False)]
+    rows = [readout(W_fwd, pows[..., 1:])]  # a^(r+1)
+    if bidirectional:
+        states.append(carried(z[..., 2 * N2 :], reverse=True))
+        rows.append(readout(W_bwd, pows[..., T:0:-1]))  # a^(T-r)
+    states = jnp.concatenate(states, axis=-1)
+    rows = jnp.concatenate(rows, axis=-2).astype(real)
+    across = jnp.einsum("...chd,hdr->...crh", states.astype(real), rows, precision=prec)
+    y = (within + across).reshape(u.shape[:-2] + (n_chunks * T, H))
+    return y[..., :L, :]
