@@ -24,6 +24,11 @@ s4-kernel: S4's whole kernel (parameters -> (2, H, L) real kernel, vjp with resp
 mamba-scan: Mamba's selective scan over a batch (one direction, vjp with respect to all six inputs)
   at the Mamba presets' shapes: `xla` (ssm.mamba.selective_scan per sequence, chunked at Path-X
   as the preset) against `fused` (ssm.mamba_kernel: one Pallas kernel each way; GPU only).
+s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with respect to the input
+  and the five SSM parameter arrays) at the S4D presets' B, L, H and N: `kernel + fft` (the
+  length-L kernel by the blocked Vandermonde product, then one FFT convolution: the default)
+  against `chunked T` (ssm.chunked_conv: a T x T Toeplitz matmul within chunks, states passed
+  between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`).
 s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
   presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
   (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
@@ -50,11 +55,13 @@ from ssm_lra.bench.measure import time_calls
 from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
-from ssm_lra.ssm.conv import bidirectional_circular_kernel, fft_length
+from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
+from ssm_lra.ssm.chunked_conv import chunked_ssm_conv
 from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
+from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +168,35 @@ def s4_kernel_variants(H, N, L):
 
 
 # ----------------------------------------------------------------------------------------------
+# s4d-conv
+
+
+def s4d_conv_inputs(B, L, H, N):
+    """An input and S4D's SSM parameters at its init (inv, dt log-uniform in [1e-3, 1e-1],
+    bidirectional: two C channels), float32."""
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = S4D(d_model=H, d_state=N, bidirectional=True).init(k[0], L, method=S4D.kernel)["params"]
+    ssm = tuple(params[name] for name in ("log_dt", "log_A_real", "A_imag", "B", "C"))
+    return (jax.random.normal(k[1], (B, L, H)), *ssm), jax.random.normal(k[2], (B, L, H))
+
+
+def s4d_conv_variants(B, L, H, N):
+    def fft(u, *ssm):
+        K = s4d_kernel(*ssm, L)
+        return bidirectional_fft_conv(u, K[0], K[1])
+
+    def chunked(T, precision):
+        def f(u, *ssm):
+            log_a, W = s4d_system(*ssm)
+            return chunked_ssm_conv(u, log_a, W[0], W[1], chunk=T, precision=precision)
+
+        return f
+
+    chunked_variants = [(32, "highest"), (64, "highest"), (128, "highest"), (64, "default"), (128, "default")]
+    return {"kernel + fft": fft, **{f"chunked {T} {prec}": chunked(T, prec) for T, prec in chunked_variants}}
+
+
+# ----------------------------------------------------------------------------------------------
 # mamba-scan
 
 
@@ -251,6 +287,14 @@ LEVERS = {
         "shapes": [("listops", 128, 64, 2048), ("pathfinder", 256, 64, 1024), ("pathx", 256, 64, 16384)],
         "inputs": s4_kernel_inputs,
         "variants_for": s4_kernel_variants,  # the length is static: variants are built per shape
+    },
+    "s4d-conv": {
+        "title": "S4D bidirectional SSM (N 64): kernel + FFT convolution against chunked matmuls",
+        "dims": "B x L x H x N",
+        # The S4D presets' batch, length, width and state.
+        "shapes": [("listops", 50, 2048, 128, 64), ("pathfinder", 64, 1024, 256, 64), ("pathx", 16, 16384, 256, 64)],
+        "inputs": s4d_conv_inputs,
+        "variants_for": s4d_conv_variants,
     },
     "mamba-scan": {
         "title": "Mamba selective scan (one direction): XLA route against the fused Pallas kernel",

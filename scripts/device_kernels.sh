@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On a lent GPU machine: the measurements that decide three defaults (results/bench/NOTES.md,
-# levers 8-10), in two calls of under 10 minutes each:
+# On a lent GPU machine: the measurements that decide four defaults (results/bench/NOTES.md,
+# levers 8-11), in two calls of under 10 minutes each:
 #   part 1: the fused scan kernels compile and agree with the XLA routes (check_fused_scan.py),
-#           then single levers, forward + backward: bench_levers.py s4-kernel and mamba-scan;
+#           then single levers, forward + backward: bench_levers.py s4-kernel, mamba-scan, s4d-conv;
 #   part 2: full training steps with each new route: s4 model.mixer.kernel_method=powers,
-#           mamba and s5_ptd model.mixer.scan=fused (a kernel that fails shows as a crashed row).
+#           mamba and s5_ptd model.mixer.scan=fused (a kernel that fails shows as a crashed row),
+#           s4d model.mixer.conv=chunked.
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -13,16 +14,18 @@ out=${OUT:-results/bench}
 mkdir -p "$out/levers"
 source scripts/device_env.sh
 bench() {  # name, experiments, override
-  python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.6 \
+  python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
     --out "$out" --name "$1" "$3"
 }
 if [ "$part" = 1 ]; then
   python3 scripts/check_fused_scan.py 2>&1 | tee "$out/check-fused-scan.txt"
-  timeout 200 python3 scripts/bench_levers.py s4-kernel --out "$out/levers"
-  timeout 200 python3 scripts/bench_levers.py mamba-scan --out "$out/levers"
+  timeout 150 python3 scripts/bench_levers.py s4-kernel --out "$out/levers"
+  timeout 150 python3 scripts/bench_levers.py mamba-scan --out "$out/levers"
+  timeout 150 python3 scripts/bench_levers.py s4d-conv --out "$out/levers"
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
   bench s5_ptd-fused s5_ptd/pathfinder,s5_ptd/pathx model.mixer.scan=fused
+  bench s4d-chunked s4d/listops,s4d/pathfinder,s4d/pathx model.mixer.conv=chunked
 fi
 exit 0

@@ -286,6 +286,7 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
         # float64 (the powers route's 1e-5); tests/ssm/test_s4.py compares the two in float64.
         ("s4-kernel", (3, 8, 40), 1e-2),
         ("mamba-scan", (2, 20, 8, 4), 1e-4),  # the fused kernel interpreted, off a GPU
+        ("s4d-conv", (2, 40, 3, 8), 1e-5),  # on CPU the "default" precision is float32 too
     ],
 )
 def test_bench_levers_variants_agree_at_small_shapes(lever, dims, rtol):

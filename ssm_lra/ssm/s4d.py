@@ -5,6 +5,8 @@ eigenvalues (the conjugate halves are implicit: outputs are 2 Re(.)). The layer:
   1. discretizes (Lambda, B) with a learned per-channel step dt,
   2. builds the length-L kernel K[l] = 2 Re(sum_n C_n Bbar_n Abar_n^l) by a Vandermonde product,
   3. convolves it with the input by FFT and adds the skip term D u.
+With `conv="chunked"` steps 2-3 become matmuls over chunks of the sequence with the states passed
+between chunks (chunked_conv.py): the same output without an FFT.
 
 Parameters are real arrays (complex numbers are stored as trailing (re, im) pairs) so optimizers,
 weight decay masks and checkpoints never see complex dtypes.
@@ -21,11 +23,13 @@ import numpy as np
 from jax import lax
 
 from ssm_lra.ssm import Mixer
+from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, chunked_ssm_conv
 from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
+from ssm_lra.ssm.scan import check_chunk_size
 
-__all__ = ["S4D", "S4D_INITS", "SSM_PARAM_NAMES", "s4d_kernel"]
+__all__ = ["CONVS", "S4D", "S4D_INITS", "SSM_PARAM_NAMES", "s4d_kernel", "s4d_system"]
 
 # Parameters of the continuous SSM (A, B, dt). Training puts them in their own optimizer group
 # (smaller learning rate, no weight decay): decaying A towards 0 would push the poles onto the
@@ -34,6 +38,8 @@ SSM_PARAM_NAMES = frozenset({"log_dt", "log_A_real", "A_imag", "B"})
 # The diagonal inits of hippo.py, plus "ptd": the perturb-then-diagonalize eigenvalues of LegS
 # itself (S4-PTD, see ptd.py).
 S4D_INITS = (*DIAGONAL_INITS, "ptd")
+# How the layer applies its kernel, the same output either way: `model.mixer.conv`.
+CONVS = ("fft", "chunked")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,8 +57,9 @@ def state_matrix(log_A_real, A_imag):
     return lax.complex(-jnp.exp(log_A_real), A_imag)
 
 
-def s4d_kernel(log_dt, log_A_real, A_imag, B, C, L: int, discretization: str = "zoh"):
-    """The real convolution kernel (channels, H, L) of a diagonal SSM.
+def s4d_system(log_dt, log_A_real, A_imag, B, C, discretization: str = "zoh"):
+    """The discrete diagonal system: (log Abar (H, N2), W = C Bbar (channels, H, N2)), complex.
+    Its kernel is K[l] = 2 Re(sum_n W_n Abar_n^l).
 
     log_dt (H,), log_A_real / A_imag (H, N2), B (H, N2, 2), C (channels, H, N2, 2).
     """
@@ -60,8 +67,14 @@ def s4d_kernel(log_dt, log_A_real, A_imag, B, C, L: int, discretization: str = "
     Lambda = state_matrix(log_A_real, A_imag)
     Abar, Bbar = DISCRETIZATIONS[discretization](Lambda, as_complex(B), dt)
     # For ZOH log(Abar) is dt Lambda exactly; skipping the complex log saves work and precision.
-    log_Abar = dt * Lambda if discretization == "zoh" else None
-    return vandermonde_kernel(Abar, as_complex(C) * Bbar, L, log_Abar=log_Abar)
+    log_Abar = dt * Lambda if discretization == "zoh" else jnp.log(Abar)
+    return log_Abar, as_complex(C) * Bbar
+
+
+def s4d_kernel(log_dt, log_A_real, A_imag, B, C, L: int, discretization: str = "zoh"):
+    """The real convolution kernel (channels, H, L) of a diagonal SSM (arguments as `s4d_system`)."""
+    log_Abar, W = s4d_system(log_dt, log_A_real, A_imag, B, C, discretization)
+    return vandermonde_kernel(None, W, L, log_Abar=log_Abar)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +127,9 @@ class S4D(Mixer):
       dt_min, dt_max: range of the log-uniform init of the step dt.
       bidirectional: add an anti-causal SSM sharing A, B, dt with its own C, run on the reversed
         sequence (the two kernels are summed into one FFT conv).
+      conv: "fft" (kernel of length L, FFT convolution) or "chunked" (`chunked_ssm_conv`: matmuls
+        within chunks of `chunk_size` steps, states passed between chunks; `chunk_precision`
+        "highest" keeps float32 products, "default" lets GPUs use TF32 tensor cores).
       param_dtype: dtype of the real parameters; float64 (with x64 on) gives a complex128 kernel.
     """
 
@@ -126,6 +142,9 @@ class S4D(Mixer):
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     bidirectional: bool = False
+    conv: str = "fft"
+    chunk_size: int | None = None
+    chunk_precision: str = "highest"
     param_dtype: Any = jnp.float32
 
     def check_options(self):
@@ -145,6 +164,13 @@ class S4D(Mixer):
             )
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.conv not in CONVS:
+            raise ValueError(f"unknown conv {self.conv!r}; valid ones are {', '.join(map(repr, CONVS))}")
+        if self.chunk_size is not None:
+            check_chunk_size(self.chunk_size)
+        if self.chunk_precision not in CHUNK_PRECISIONS:
+            valid = ", ".join(map(repr, CHUNK_PRECISIONS))
+            raise ValueError(f"unknown chunk_precision {self.chunk_precision!r}; valid ones are {valid}")
 
     def setup(self):
         H, N2 = self.d_model, self.d_state // 2
@@ -189,14 +215,14 @@ class S4D(Mixer):
         """
         if u.shape[-1] != self.d_model:
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
-        L = u.shape[-2]
-        K = self.kernel(L)
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
-        x = u.astype(jnp.promote_types(u.dtype, K.dtype))
-        K = K.astype(x.dtype)
-        if self.bidirectional:
-            y = bidirectional_fft_conv(x, K[0], K[1])
+        x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
+        if self.conv == "chunked":
+            log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
+            W_bwd = W[1] if self.bidirectional else None
+            y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision)
         else:
-            y = causal_fft_conv(x, K[0])
+            K = self.kernel(u.shape[-2]).astype(x.dtype)
+            y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])
         y = y + self.D.astype(x.dtype) * x
         return y.astype(u.dtype)

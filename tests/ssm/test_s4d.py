@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssm_lra.ssm.chunked_conv import chunk_toeplitz, chunked_ssm_conv
 from ssm_lra.ssm.conv import (
     bidirectional_fft_conv,
     causal_fft_conv,
@@ -111,7 +112,7 @@ def layer_by_recurrence(params, u, discretization, bidirectional):
     return y + D * u
 
 
-def make_layer(H, N, init="inv", discretization="zoh", bidirectional=False):
+def make_layer(H, N, init="inv", discretization="zoh", bidirectional=False, **options):
     return S4D(
         d_model=H,
         d_state=N,
@@ -119,6 +120,7 @@ def make_layer(H, N, init="inv", discretization="zoh", bidirectional=False):
         discretization=discretization,
         bidirectional=bidirectional,
         param_dtype=jnp.float64,
+        **options,
     )
 
 
@@ -329,6 +331,41 @@ def test_bidirectional_fft_conv_matches_two_direct_convs(L):
     assert_rel_close(y0, causal_fft_conv(jnp.asarray(u), jnp.asarray(kf)), 1e-12)
 
 
+def kernel_by_powers(W, a, L):
+    """K[h, l] = 2 Re sum_n W[h, n] a[h, n]^l with the powers multiplied out one by one."""
+    K = np.zeros((W.shape[0], L))
+    power = np.ones_like(a)
+    for l in range(L):
+        K[:, l] = 2 * np.real(np.sum(W * power, axis=-1))
+        power = power * a
+    return K
+
+
+@pytest.mark.parametrize("L,T", [(1, 1), (9, 1), (16, 4), (37, 8), (37, 64), (50, 7)])
+def test_chunked_conv_matches_direct_convolutions(L, T):
+    """Chunks of every kind: one step, dividing L, not dividing it, longer than the sequence."""
+    rng = np.random.default_rng(L * 100 + T)
+    H, N2 = 3, 4
+    log_a = -np.exp(rng.normal(size=(H, N2))) * 0.3 + 1j * rng.normal(size=(H, N2)) * 2
+    W_fwd, W_bwd = rng.normal(size=(2, H, N2)) + 1j * rng.normal(size=(2, H, N2))
+    u = rng.normal(size=(2, L, H))
+    k_fwd, k_bwd = kernel_by_powers(W_fwd, np.exp(log_a), L), kernel_by_powers(W_bwd, np.exp(log_a), L)
+    causal = chunked_ssm_conv(jnp.asarray(u), jnp.asarray(log_a), jnp.asarray(W_fwd), chunk=T)
+    assert_rel_close(causal, direct_causal_conv(u, k_fwd), 1e-12)
+    both = chunked_ssm_conv(jnp.asarray(u), jnp.asarray(log_a), jnp.asarray(W_fwd), jnp.asarray(W_bwd), chunk=T)
+    assert_rel_close(both, direct_causal_conv(u, k_fwd) + direct_anticausal_conv(u, k_bwd), 1e-12)
+
+
+def test_chunk_toeplitz_by_definition():
+    rng = np.random.default_rng(0)
+    k_fwd, k_bwd = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
+    M = np.asarray(chunk_toeplitz(jnp.asarray(k_fwd), jnp.asarray(k_bwd)))
+    for r in range(5):
+        for s_ in range(5):
+            expected = (k_fwd[:, r - s_] if s_ <= r else 0) + (k_bwd[:, s_ - r] if s_ >= r else 0)
+            np.testing.assert_allclose(M[:, r, s_], expected, rtol=1e-15)
+
+
 def test_fft_length_is_power_of_two_at_least_2L():
     for L in range(1, 70):
         n = fft_length(L)
@@ -357,12 +394,18 @@ def test_kernel_matches_impulse_response_of_recurrence(discretization, N):
             assert_rel_close(K[c], ref, 1e-11)
 
 
+# conv="chunked" with chunks that divide L, that do not, and that are longer than L.
+CONV_OPTIONS = [{"conv": "fft"}, {"conv": "chunked", "chunk_size": 4}, {"conv": "chunked", "chunk_size": 5},
+                {"conv": "chunked", "chunk_size": 64}, {"conv": "chunked"}]
+
+
+@pytest.mark.parametrize("options", CONV_OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
 @pytest.mark.parametrize("L", [7, 16, 33])
-def test_layer_matches_recurrence(L, discretization, bidirectional):
+def test_layer_matches_recurrence(L, discretization, bidirectional, options):
     H, N = 4, 8
-    layer = make_layer(H, N, discretization=discretization, bidirectional=bidirectional)
+    layer = make_layer(H, N, discretization=discretization, bidirectional=bidirectional, **options)
     variables = random_variables(H, N, channels=2 if bidirectional else 1, seed=L)
     u = np.random.default_rng(L).normal(size=(2, L, H))
     y = jax.jit(layer.apply)(variables, jnp.asarray(u))
@@ -449,11 +492,12 @@ def test_float32_default_and_input_dtype_preserved():
     assert_rel_close(y, ref, 1e-4)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("options", [{"conv": "fft"}, {"conv": "chunked", "chunk_size": 4}], ids=["fft", "chunked"])
+def test_gradients_match_finite_differences(options):
     from jax.test_util import check_grads
 
     H, N, L = 2, 4, 9
-    layer = make_layer(H, N, discretization="zoh", bidirectional=True)
+    layer = make_layer(H, N, discretization="zoh", bidirectional=True, **options)
     variables = random_variables(H, N, channels=2, seed=7)
     u = jnp.asarray(np.random.default_rng(7).normal(size=(1, L, H)))
 
@@ -468,6 +512,9 @@ def test_gradients_match_finite_differences():
     [
         ({"ssm_init": "legt"}, "'legs', 'inv', 'lin'"),
         ({"discretization": "euler"}, "'zoh', 'bilinear'"),
+        ({"conv": "direct"}, "'fft', 'chunked'"),
+        ({"conv": "chunked", "chunk_size": 0}, "chunk_size must be a positive integer"),
+        ({"conv": "chunked", "chunk_precision": "tf32"}, "'default', 'highest'"),
     ],
 )
 def test_invalid_options_raise_at_construction(kwargs, match):
