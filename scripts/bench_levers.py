@@ -192,7 +192,7 @@ def s4d_conv_variants(B, L, H, N):
 
         return f
 
-    chunked_variants = [(32, "highest"), (64, "highest"), (128, "highest"), (64, "default"), (128, "default")]
+    chunked_variants = [(64, "highest"), (128, "highest"), (256, "highest"), (128, "default"), (256, "default")]
     return {"kernel + fft": fft, **{f"chunked {T} {prec}": chunked(T, prec) for T, prec in chunked_variants}}
 
 

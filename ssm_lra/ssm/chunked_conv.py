@@ -21,7 +21,6 @@ Layouts as in conv.py: u (..., L, H) with time before channels; W and log a are 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -35,9 +34,10 @@ CHUNK_PRECISIONS = {"default": None, "highest": lax.Precision.HIGHEST}
 
 
 def default_chunk(L: int) -> int:
-    """64 steps, or the sequence itself when shorter: a Toeplitz block of 64 costs about as many
-    products per step as reading out 32 complex states, so neither stage dominates."""
-    return max(1, min(64, L))
+    """128 steps, or the sequence itself when shorter. The chunk states shrink as 1/T while the
+    Toeplitz matmul grows as T; of 32 to 512, 128 and 256 were the fastest on a CPU at the S4D
+    presets' shapes with N 64 (results/bench/NOTES.md, lever 11)."""
+    return max(1, min(128, L))
 
 
 def _powers(log_a, exponents):
