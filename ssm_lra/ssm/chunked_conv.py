@@ -65,12 +65,21 @@ def chunk_toeplitz(k_fwd, k_bwd=None):
     return M
 
 
+def _shift_chunks(x, by: int):
+    """x moved `by` places along the chunk axis (-3), zeros coming in, the far end dropped."""
+    C = x.shape[-3]
+    pad = [(0, 0)] * x.ndim
+    pad[-3] = (by, 0) if by > 0 else (0, -by)
+    start = 0 if by > 0 else -by
+    return lax.slice_in_dim(jnp.pad(x, pad), start, start + C, axis=x.ndim - 3)
+
+
 def _kernel_head(W, a_pows):
     """K[l] = 2 Re sum_n W_n a_n^l for the lags whose powers are given: (H, N2) x (H, N2, T) -> (H, T)."""
     return 2.0 * jnp.einsum("hn,hnt->ht", W, a_pows).real
 
 
-def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "default"):
+def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "highest"):
     """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd), K[l] = 2 Re sum_n W_n a_n^l.
 
     Same result as `causal_fft_conv(u, vandermonde_kernel(..., W_fwd, L))` (and, with W_bwd, as
@@ -104,14 +113,11 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     a_T = pows[..., T]  # (H, N2)
 
     def carried(z_dir, reverse):
-        """S[c] (forwards) or S'[c] (backwards): the state the other chunks hand to chunk c."""
+        """S[c] (forwards) or S'[c] (backwards): the state the other chunks hand to chunk c.
+        S[c] = a^T S[c-1] + z[c-1] is the scan of z moved one chunk later (earlier, backwards)."""
         z_c = lax.complex(z_dir[..., :N2], z_dir[..., N2:])  # (..., C, H, N2)
-        ends = lti_scan(a_T, z_c, axis=-3, reverse=reverse)  # state after each chunk
-        shift = [(0, 0)] * ends.ndim
-        shift[-3] = (0, 1) if reverse else (1, 0)
-        ends = jnp.pad(ends, shift)
-        ends = ends[..., 1:, :, :] if reverse else ends[..., :-1, :, :]
-        return jnp.concatenate([ends.real, ends.imag], axis=-1)
+        S = lti_scan(a_T, _shift_chunks(z_c, -1 if reverse else 1), axis=-3, reverse=reverse)
+        return jnp.concatenate([S.real, S.imag], axis=-1)
 
     # Read-out rows: 2 Re(W a^e S) = [2 Re(W a^e), -2 Im(W a^e)] . [Re S, Im S].
     def readout(W, exps):
