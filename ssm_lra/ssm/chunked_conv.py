@@ -24,6 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from ssm_lra.ssm.conv import vandermonde_kernel
 from ssm_lra.ssm.scan import lti_scan
 
 __all__ = ["CHUNK_PRECISIONS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk"]
@@ -74,11 +75,6 @@ def _shift_chunks(x, by: int):
     return lax.slice_in_dim(jnp.pad(x, pad), start, start + C, axis=x.ndim - 3)
 
 
-def _kernel_head(W, a_pows):
-    """K[l] = 2 Re sum_n W_n a_n^l for the lags whose powers are given: (H, N2) x (H, N2, T) -> (H, T)."""
-    return 2.0 * jnp.einsum("hn,hnt->ht", W, a_pows).real
-
-
 def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "highest"):
     """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd), K[l] = 2 Re sum_n W_n a_n^l.
 
@@ -101,8 +97,8 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     steps = jnp.arange(T + 1, dtype=real)
     pows = _powers(log_a, steps)  # a^0 .. a^T: (H, N2, T + 1)
     bidirectional = W_bwd is not None
-    k_fwd = _kernel_head(W_fwd, pows[..., :T])
-    k_bwd = _kernel_head(W_bwd, pows[..., :T]) if bidirectional else None
+    k_fwd = vandermonde_kernel(None, W_fwd, T, log_Abar=log_a)  # the first T lags
+    k_bwd = vandermonde_kernel(None, W_bwd, T, log_Abar=log_a) if bidirectional else None
     within = jnp.einsum("...csh,hrs->...crh", blocks, chunk_toeplitz(k_fwd, k_bwd).astype(real), precision=prec)
 
     # Chunk states from each chunk's own inputs: a^(T-1-s) forwards, a^s backwards.

@@ -398,15 +398,8 @@ def test_kernel_matches_impulse_response_of_recurrence(discretization, N):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
 @pytest.mark.parametrize("L", [7, 16, 33])
-def test_layer_matches_recurrence(L, discretization, bidirectional, options=None):
-    H, N = 4, 8
-    layer = make_layer(H, N, discretization=discretization, bidirectional=bidirectional, **(options or {}))
-    variables = random_variables(H, N, channels=2 if bidirectional else 1, seed=L)
-    u = np.random.default_rng(L).normal(size=(2, L, H))
-    y = jax.jit(layer.apply)(variables, jnp.asarray(u))
-    assert y.shape == u.shape and y.dtype == jnp.float64
-    ref = layer_by_recurrence(variables["params"], u, discretization, bidirectional)
-    assert_rel_close(y, ref, 1e-10)
+def test_layer_matches_recurrence(L, discretization, bidirectional):
+    check_layer_against_recurrence(L, discretization, bidirectional)
 
 
 # Chunks that divide L, that do not, that are longer than L, and the default.
@@ -415,7 +408,18 @@ def test_layer_matches_recurrence(L, discretization, bidirectional, options=None
     [(16, 4, "zoh", True), (33, 5, "bilinear", True), (33, 5, "zoh", False), (7, 64, "zoh", True), (33, None, "bilinear", False)],
 )
 def test_chunked_layer_matches_recurrence(L, chunk_size, discretization, bidirectional):
-    test_layer_matches_recurrence(L, discretization, bidirectional, {"conv": "chunked", "chunk_size": chunk_size})
+    check_layer_against_recurrence(L, discretization, bidirectional, conv="chunked", chunk_size=chunk_size)
+
+
+def check_layer_against_recurrence(L, discretization, bidirectional, **options):
+    H, N = 4, 8
+    layer = make_layer(H, N, discretization=discretization, bidirectional=bidirectional, **options)
+    variables = random_variables(H, N, channels=2 if bidirectional else 1, seed=L)
+    u = np.random.default_rng(L).normal(size=(2, L, H))
+    y = jax.jit(layer.apply)(variables, jnp.asarray(u))
+    assert y.shape == u.shape and y.dtype == jnp.float64
+    ref = layer_by_recurrence(variables["params"], u, discretization, bidirectional)
+    assert_rel_close(y, ref, 1e-10)
 
 
 @pytest.mark.parametrize("init", ["legs", "inv", "lin", "ptd"])
