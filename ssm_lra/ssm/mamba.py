@@ -40,7 +40,7 @@ import numpy as np
 
 from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.mamba_kernel import selective_scan_fused
-from ssm_lra.ssm.pallas_common import check_fused_scan_runs
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
 from ssm_lra.ssm.scan import check_chunk_size, chunked_scan, linear_scan
 
 __all__ = [
@@ -129,7 +129,9 @@ def selective_scan(u, dt, A, B, C, D, chunk_size: int | None = None):
 # "xla": `selective_scan` per sequence (associative scan, chunked with `chunk_size`);
 # "fused": one Pallas kernel each way, the states kept on chip (ssm/mamba_kernel.py; GPU only);
 # "fused_interpret": the same kernels through Pallas' interpreter, on any backend (slow: checks).
+# A mixer's "auto" (its default) is "fused" on a GPU and "xla" elsewhere (`resolve_scan`).
 SCANS = ("xla", "fused", "fused_interpret")
+MIXER_SCANS = ("auto", *SCANS)
 
 
 def batched_selective_scan(u, dt, A, B, C, D, scan: str = "xla", chunk_size: int | None = None):
@@ -202,7 +204,7 @@ class SelectiveSSM(nn.Module):
     dt_max: float
     chunk_size: int | None
     param_dtype: Any
-    scan: str = "xla"
+    scan: str = "auto"
 
     @nn.compact
     def __call__(self, x, m):
@@ -227,7 +229,8 @@ class SelectiveSSM(nn.Module):
         # dt = 0 at padding: exp(0 * A) = 1 and no input, an identity step of the recurrence.
         dt = jax.nn.softplus(dt_proj(dt_low) + dt_bias.astype(dtype)) * m
         A = -jnp.exp(A_log.astype(dtype))
-        return batched_selective_scan(x, dt, A, B, C, D.astype(dtype), self.scan, self.chunk_size)
+        scan = resolve_scan(self.scan, fallback="xla")
+        return batched_selective_scan(x, dt, A, B, C, D.astype(dtype), scan, self.chunk_size)
 
 
 class Mamba(Mixer):
@@ -243,9 +246,10 @@ class Mamba(Mixer):
       dt_min, dt_max: range of the log-uniform init of softplus(dt_bias).
       chunk_size: None for one associative scan over the sequence; an int to scan in chunks of that
         many steps with rematerialization (memory O(chunk) instead of O(L) in the state size).
-        Only for scan "xla".
-      scan: "xla" (default), "fused" (a Pallas GPU kernel per direction, forward and backward,
-        that keeps the states on chip) or "fused_interpret" (its interpreted form, any backend).
+        Only for the "xla" scan (the fused kernel keeps its states on chip and ignores it).
+      scan: "auto" (default: "fused" on a GPU, "xla" elsewhere), "xla", "fused" (a Pallas GPU
+        kernel per direction, forward and backward, that keeps the states on chip) or
+        "fused_interpret" (its interpreted form, any backend).
       bidirectional: add a second conv + selective SSM (own parameters, "ssm_backward") run on the
         reversed sequence; the two are averaged before the gate. In/out projections are shared.
       param_dtype: dtype of the parameters.
@@ -265,7 +269,7 @@ class Mamba(Mixer):
     dt_max: float = 1e-1
     chunk_size: int | None = None
     bidirectional: bool = False
-    scan: str = "xla"
+    scan: str = "auto"
     param_dtype: Any = jnp.float32
 
     def check_options(self):
@@ -286,8 +290,10 @@ class Mamba(Mixer):
             check_chunk_size(self.chunk_size)
         if not isinstance(self.bidirectional, (bool, np.bool_)):
             raise ValueError(f"bidirectional must be true or false, got {self.bidirectional!r}")
-        if self.scan not in SCANS:
-            raise ValueError(f"unknown Mamba scan {self.scan!r}; valid ones are {', '.join(map(repr, SCANS))}")
+        if self.scan not in MIXER_SCANS:
+            raise ValueError(
+                f"unknown Mamba scan {self.scan!r}; valid ones are {', '.join(map(repr, MIXER_SCANS))}"
+            )
         if self.scan == "fused":
             check_fused_scan_runs(fallback="xla")
 

@@ -14,6 +14,17 @@ def fused_scan_available() -> bool:
     return jax.default_backend() == "gpu" and importlib.util.find_spec("jax.experimental.pallas") is not None
 
 
+def resolve_scan(scan: str, fallback: str, fused_available: bool | None = None) -> str:
+    """The scan a mixer runs. "auto" is the fused kernel where it compiles (a GPU; the fastest
+    route measured on an H200, results/bench/NOTES.md levers 9 and 10) and `fallback` elsewhere
+    (CPU, TPU); any other name is kept as given."""
+    if scan != "auto":
+        return scan
+    if fused_available is None:
+        fused_available = fused_scan_available()
+    return "fused" if fused_available else fallback
+
+
 def check_fused_scan_runs(fallback: str) -> None:
     """A ValueError naming `fallback` if scan "fused" cannot run here (a mixer's option check)."""
     if not fused_scan_available():

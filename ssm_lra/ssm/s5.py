@@ -33,7 +33,7 @@ from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
-from ssm_lra.ssm.pallas_common import check_fused_scan_runs
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
 from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan, lti_scan, lti_unrolled_scan
 
 __all__ = ["C_INITS", "S5", "SSM_INITS", "SSM_PARAM_NAMES", "apply_s5", "block_diagonal_init"]
@@ -173,6 +173,8 @@ BLOCKED_SCANS = ("blocked", "unrolled")
 # One Pallas kernel per direction (ssm/lti_kernel.py; GPU only), or its interpreted form (any
 # backend, slow: for checks). These also run the projections differently: see `fused_s5`.
 FUSED_SCANS = ("fused", "fused_interpret")
+# "auto" (the default): "fused" on a GPU, "lti" elsewhere (`pallas_common.resolve_scan`).
+AUTO_SCAN_FALLBACK = "lti"
 
 
 def fused_s5(Lambda_bar, B_bar, C_tilde, u, bidirectional: bool, interpret: bool):
@@ -236,8 +238,9 @@ class S5(Mixer):
         bilinear. dt_min, dt_max: log-uniform range of the per-state step. bidirectional: add a
         backward scan with its own C. c_init: see `c_init`. clip_eigs: keep Re(Lambda) <= -1e-4.
         ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan: how the states
-        are computed, all giving the same states (`SCANS`): "lti" (an associative scan that moves
-        only B_bar u, Lambda_bar being the same at every step; the fastest on an H200),
+        are computed, all giving the same states (`SCANS`): "auto" (the default: "fused" on a
+        GPU, "lti" elsewhere), "lti" (an associative scan that moves only B_bar u, Lambda_bar
+        being the same at every step; the fastest XLA route on an H200),
         "associative" (jax.lax.associative_scan of (Lambda_bar, B_bar u) pairs), "blocked" and
         "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps), "fused" (one
         Pallas GPU kernel per direction, `fused_s5`) or "fused_interpret". scan_block: T for
@@ -258,7 +261,7 @@ class S5(Mixer):
     c_init: str = "trunc_standard_normal"
     clip_eigs: bool = False
     ssm_init: str = "hippo"
-    scan: str = "lti"
+    scan: str = "auto"
     scan_block: int | None = None
     param_dtype: Any = jnp.float32
 
@@ -273,7 +276,7 @@ class S5(Mixer):
 
         if not is_int(self.d_state) or self.d_state < 1:
             raise ValueError(f"d_state must be a positive integer, got {self.d_state!r}")
-        valid = (*SCANS, *FUSED_SCANS)
+        valid = ("auto", *SCANS, *FUSED_SCANS)
         if self.scan not in valid:
             raise ValueError(f"unknown S5 scan {self.scan!r}; valid ones are {', '.join(map(repr, valid))}")
         if self.scan == "fused":
@@ -335,7 +338,7 @@ class S5(Mixer):
             self.discretization,
             self.conj_sym,
             self.bidirectional,
-            self.scan,
+            resolve_scan(self.scan, AUTO_SCAN_FALLBACK),
             self.scan_block,
         )
         y = y + self.D.astype(x.dtype) * x

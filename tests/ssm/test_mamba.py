@@ -441,6 +441,29 @@ def test_invalid_options_raise_at_construction(kwargs, match):
         Mamba(d_model=8, **kwargs)
 
 
+def test_auto_scan_runs_the_fused_kernel_where_it_compiles_and_xla_elsewhere(monkeypatch):
+    import ssm_lra.ssm.mamba as mamba
+    import ssm_lra.ssm.pallas_common as pallas_common
+
+    layer = lambda scan: make_layer(4, bidirectional=True, scan=scan)
+    params = random_params(layer("xla"), seed=6)
+    u = jnp.asarray(np.random.default_rng(6).normal(size=(2, 9, 4)))
+    fused_calls = []
+
+    def interpreted_kernel(*args, interpret):
+        fused_calls.append(interpret)
+        return selective_scan_fused(*args, interpret=True)  # the kernel cannot compile on a CPU
+
+    monkeypatch.setattr(mamba, "selective_scan_fused", interpreted_kernel)
+    for available, route, calls in ((False, "xla", []), (True, "fused_interpret", [False, False])):
+        monkeypatch.setattr(pallas_common, "fused_scan_available", lambda: available)
+        fused_calls.clear()
+        np.testing.assert_array_equal(
+            layer("auto").apply(params, u), layer(route).apply(params, u)
+        )
+        assert fused_calls[: len(calls)] == calls  # one compiled kernel per direction, or none
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the check is for machines without a GPU")
 def test_fused_scan_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="GPU kernel.*use scan 'xla'"):
