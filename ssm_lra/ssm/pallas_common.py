@@ -14,15 +14,13 @@ def fused_scan_available() -> bool:
     return jax.default_backend() == "gpu" and importlib.util.find_spec("jax.experimental.pallas") is not None
 
 
-def resolve_scan(scan: str, fallback: str, fused_available: bool | None = None) -> str:
-    """The scan a mixer runs. "auto" is the fused kernel where it compiles (a GPU; the fastest
-    route measured on an H200, results/bench/NOTES.md levers 9 and 10) and `fallback` elsewhere
-    (CPU, TPU); any other name is kept as given."""
+def resolve_scan(scan: str, fallback: str, kernel_pays: bool = True) -> str:
+    """The scan a mixer runs. "auto" is the fused kernel where it compiles (a GPU) and pays at the
+    mixer's shapes (`kernel_pays`, the mixer's judgement: measured on an H200, results/bench/NOTES.md
+    levers 9 and 10), and `fallback` elsewhere (CPU, TPU); any other name is kept as given."""
     if scan != "auto":
         return scan
-    if fused_available is None:
-        fused_available = fused_scan_available()
-    return "fused" if fused_available else fallback
+    return "fused" if kernel_pays and fused_scan_available() else fallback
 
 
 def check_fused_scan_runs(fallback: str) -> None:

@@ -32,7 +32,7 @@ from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import hippo_legs_normal_eig
 from ssm_lra.ssm.s4d import as_complex, constant_init, log_uniform_dt_init
-from ssm_lra.ssm.lti_kernel import lti_scan_fused
+from ssm_lra.ssm.lti_kernel import BLOCK_P, lti_scan_fused
 from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
 from ssm_lra.ssm.scan import check_chunk_size, linear_scan, lti_block_scan, lti_scan, lti_unrolled_scan
 
@@ -173,7 +173,10 @@ BLOCKED_SCANS = ("blocked", "unrolled")
 # One Pallas kernel per direction (ssm/lti_kernel.py; GPU only), or its interpreted form (any
 # backend, slow: for checks). These also run the projections differently: see `fused_s5`.
 FUSED_SCANS = ("fused", "fused_interpret")
-# "auto" (the default): "fused" on a GPU, "lti" elsewhere (`pallas_common.resolve_scan`).
+# "auto" (the default): "fused" on a GPU when the layer keeps at least one kernel program's
+# worth of states (BLOCK_P, 32); "lti" elsewhere. With fewer, most of each program idles: on an
+# H200 S5-PTD ListOps (8 states kept) ran 3,732 seq/s fused against 4,561 by lti, while at 128
+# states (Pathfinder, Path-X) the kernel was 1.2-1.6x faster (results/bench/NOTES.md, lever 10).
 AUTO_SCAN_FALLBACK = "lti"
 
 
@@ -239,7 +242,7 @@ class S5(Mixer):
         backward scan with its own C. c_init: see `c_init`. clip_eigs: keep Re(Lambda) <= -1e-4.
         ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan: how the states
         are computed, all giving the same states (`SCANS`): "auto" (the default: "fused" on a
-        GPU, "lti" elsewhere), "lti" (an associative scan that moves only B_bar u, Lambda_bar
+        GPU with at least 32 states kept, "lti" otherwise), "lti" (an associative scan that moves only B_bar u, Lambda_bar
         being the same at every step; the fastest XLA route on an H200),
         "associative" (jax.lax.associative_scan of (Lambda_bar, B_bar u) pairs), "blocked" and
         "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps), "fused" (one
@@ -338,7 +341,7 @@ class S5(Mixer):
             self.discretization,
             self.conj_sym,
             self.bidirectional,
-            resolve_scan(self.scan, AUTO_SCAN_FALLBACK),
+            resolve_scan(self.scan, AUTO_SCAN_FALLBACK, kernel_pays=self.local_state >= BLOCK_P),
             self.scan_block,
         )
         y = y + self.D.astype(x.dtype) * x

@@ -399,27 +399,34 @@ def test_fused_scan_with_conj_sym_and_its_gradients_match_lti():
         assert_rel_close(grads_f[k], grads[k], 1e-10)
 
 
-def test_auto_scan_runs_the_fused_kernel_where_it_compiles_and_lti_elsewhere(monkeypatch):
+@pytest.mark.parametrize(
+    "P, available, route, kernel_calls",
+    [
+        (64, False, "lti", []),  # no GPU
+        (64, True, "fused_interpret", [False]),  # a GPU, 32 states kept: the compiled kernel
+        (16, True, "lti", []),  # a GPU, 8 states kept: under one kernel program's 32
+    ],
+)
+def test_auto_scan_runs_the_fused_kernel_where_it_compiles_and_pays(monkeypatch, P, available, route, kernel_calls):
     import ssm_lra.ssm.pallas_common as pallas_common
     import ssm_lra.ssm.s5 as s5
 
-    H, P, L = 3, 8, 13
+    H, L = 3, 13
     params = random_params(H, P // 2, 2, seed=4)
     u = jnp.asarray(np.random.default_rng(4).normal(size=(2, L, H)))
     run = lambda scan: make_layer(H, P, bidirectional=True, scan=scan).apply({"params": params}, u)
-    fused_calls = []
+    calls = []
 
     def interpreted_fused_s5(*args, interpret):
-        fused_calls.append(interpret)
+        calls.append(interpret)
         return fused_s5(*args, interpret=True)  # the kernel itself cannot compile on a CPU
 
     fused_s5 = s5.fused_s5
     monkeypatch.setattr(s5, "fused_s5", interpreted_fused_s5)
-    for available, route, calls in ((False, "lti", []), (True, "fused_interpret", [False])):
-        monkeypatch.setattr(pallas_common, "fused_scan_available", lambda: available)
-        fused_calls.clear()
-        np.testing.assert_array_equal(run("auto"), run(route))
-        assert fused_calls[: len(calls)] == calls  # auto asked for the compiled kernel, or no kernel
+    monkeypatch.setattr(pallas_common, "fused_scan_available", lambda: available)
+    auto = run("auto")
+    assert calls == kernel_calls  # the compiled kernel was asked for, or no kernel at all
+    np.testing.assert_array_equal(auto, run(route))
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the check is for machines without a GPU")
