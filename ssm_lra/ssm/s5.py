@@ -242,8 +242,9 @@ class S5(Mixer):
         backward scan with its own C. c_init: see `c_init`. clip_eigs: keep Re(Lambda) <= -1e-4.
         ssm_init: "hippo" (HiPPO-N, S5) or "ptd" (perturbed LegS, S5-PTD). scan: how the states
         are computed, all giving the same states (`SCANS`): "auto" (the default: "fused" on a
-        GPU with at least 32 states kept, "lti" otherwise), "lti" (an associative scan that moves only B_bar u, Lambda_bar
-        being the same at every step; the fastest XLA route on an H200),
+        GPU with at least 32 states kept, "lti" otherwise), "lti" (an associative scan that
+        moves only B_bar u, Lambda_bar being the same at every step; the fastest XLA route on an
+        H200),
         "associative" (jax.lax.associative_scan of (Lambda_bar, B_bar u) pairs), "blocked" and
         "unrolled" (blocks of `scan_block` steps by matmuls or unrolled steps), "fused" (one
         Pallas GPU kernel per direction, `fused_s5`) or "fused_interpret". scan_block: T for
@@ -283,7 +284,7 @@ class S5(Mixer):
         if self.scan not in valid:
             raise ValueError(f"unknown S5 scan {self.scan!r}; valid ones are {', '.join(map(repr, valid))}")
         if self.scan == "fused":
-            check_fused_scan_runs(fallback="lti")
+            check_fused_scan_runs(fallback=AUTO_SCAN_FALLBACK)
         if self.scan in BLOCKED_SCANS or self.scan_block is not None:
             check_chunk_size(self.scan_block)
         if not is_int(self.blocks) or self.blocks < 1:

@@ -446,9 +446,9 @@ def test_auto_scan_runs_the_fused_kernel_where_it_compiles_and_xla_elsewhere(mon
     import ssm_lra.ssm.mamba as mamba
     import ssm_lra.ssm.pallas_common as pallas_common
 
-    run = lambda scan: jax.jit(make_layer(4, bidirectional=True, scan=scan).apply)(params, u)
     params = random_params(make_layer(4, bidirectional=True), seed=6)
     u = jnp.asarray(np.random.default_rng(6).normal(size=(1, 5, 4)))
+    run = lambda scan: jax.jit(make_layer(4, bidirectional=True, scan=scan).apply)(params, u)
     calls = []
 
     def interpreted_kernel(*args, interpret):
