@@ -63,14 +63,14 @@ def test_logits_do_not_depend_on_padding(name, norm, prenorm, activation):
     tokens = rng.integers(2, 11, size=(4, 24)).astype(np.int32)
     mask = np.ones((4, 24), np.float32)
     mask[:, 15:] = 0
-    variables = model.init(jax.random.PRNGKey(0), tokens, mask)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, mask)
     garbage = tokens.copy()
     garbage[:, 15:] = rng.integers(2, 11, size=(4, 9))
-    for train in (False, True):
-        kwargs = {"mutable": ["batch_stats"]} if train else {}
-        a = model.apply(variables, tokens, mask, train=train, **kwargs)
-        b = model.apply(variables, garbage, mask, train=train, **kwargs)
-        a, b = (a[0], b[0]) if train else (a, b)
+    # Jitted: op by op, the scans' many small operations take most of a minute on a CPU.
+    infer = jax.jit(model.apply)
+    train_step = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=["batch_stats"])[0])
+    for apply in (infer, train_step):
+        a, b = apply(variables, tokens, mask), apply(variables, garbage, mask)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     # Nor on how much padding there is: the same 15 tokens padded to 24 or to 40 positions. (Not for
     # S4: its stored C~ = C (I - Abar^L) ties the kernel to one length L, as in the S4 papers; every
@@ -82,15 +82,15 @@ def test_logits_do_not_depend_on_padding(name, norm, prenorm, activation):
     longer_mask = np.zeros((4, 40), np.float32)
     longer_mask[:, :15] = 1
     np.testing.assert_allclose(
-        np.asarray(model.apply(variables, tokens, mask)),
-        np.asarray(model.apply(variables, longer, longer_mask)),
+        np.asarray(infer(variables, tokens, mask)),
+        np.asarray(infer(variables, longer, longer_mask)),
         rtol=1e-4,
         atol=1e-5,
     )
     # The content of the real positions does matter.
     changed = tokens.copy()
     changed[:, :15] = rng.integers(2, 11, size=(4, 15))
-    assert not np.allclose(model.apply(variables, tokens, mask), model.apply(variables, changed, mask))
+    assert not np.allclose(infer(variables, tokens, mask), infer(variables, changed, mask))
 
 
 def test_real_valued_inputs():
@@ -187,19 +187,19 @@ def test_dual_logits_do_not_depend_on_padding():
     tokens, mask = pair_batch(rng)
     variables = model.init(jax.random.PRNGKey(0), tokens, mask)
     garbage = np.where(mask > 0, tokens, rng.integers(1, 11, size=tokens.shape)).astype(np.int32)
-    for train in (False, True):
-        kwargs = {"mutable": ["batch_stats"]} if train else {}
-        a = model.apply(variables, tokens, mask, train=train, **kwargs)
-        b = model.apply(variables, garbage, mask, train=train, **kwargs)
-        a, b = (a[0], b[0]) if train else (a, b)
+    # Jitted: op by op, the scans' many small operations take most of a minute on a CPU.
+    infer = jax.jit(model.apply)
+    train_step = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=["batch_stats"])[0])
+    for apply in (infer, train_step):
+        a, b = apply(variables, tokens, mask), apply(variables, garbage, mask)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     longer = np.zeros((3, 2, 33), np.int32)
     longer[..., :20] = tokens
     longer_mask = np.zeros((3, 2, 33), np.float32)
     longer_mask[..., :20] = mask
     np.testing.assert_allclose(
-        np.asarray(model.apply(variables, tokens, mask)),
-        np.asarray(model.apply(variables, longer, longer_mask)),
+        np.asarray(infer(variables, tokens, mask)),
+        np.asarray(infer(variables, longer, longer_mask)),
         rtol=1e-4,
         atol=1e-5,
     )

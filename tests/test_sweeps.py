@@ -99,7 +99,7 @@ def test_local_submitit_multirun_runs_two_jobs(tmp_path):
     env.pop("SSM_LRA_DATA", None)
     cmd = [
         sys.executable, "-m", "ssm_lra.train", "-m", "hydra/launcher=local", "seed=0,1", "trainer=smoke",
-        "logger=none", f"hydra.sweep.dir={sweep}",
+        "task.seq_len=64", "logger=none", f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

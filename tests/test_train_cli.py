@@ -30,6 +30,11 @@ SUMMARY_KEYS = {
 }
 
 
+# Runs that test the runner (signals, resume, a model's wiring) rather than the data: 64 tokens
+# instead of the tiny ListOps' 256 halve their time on CPU (mostly compilation and evaluation).
+SHORT = "task.seq_len=64"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
@@ -141,7 +146,7 @@ def test_a_signal_to_one_host_stops_and_resumes_every_host(cache_dir, tmp_path):
     """Preemption in a multi-host job: only one process gets SIGTERM; they agree to stop at the
     same step (no process left waiting in a collective), save once, and resume together."""
     run_dir = tmp_path / "run"
-    args = ["trainer=smoke", "trainer.max_steps=60", "trainer.limit_eval_batches=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    args = ["trainer=smoke", "trainer.max_steps=60", "trainer.limit_eval_batches=1", SHORT, "logger=none", f"hydra.run.dir={run_dir}"]
     procs = slurm_job(args, cache_dir, tmp_path, os.getpid() + 1)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -242,7 +247,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
     """Exact resume: parameters, optimizer state, RNG, data position and best metrics all carry over."""
     compiled = tmp_path / "compiled"
     args = [
-        "trainer=smoke", "trainer.max_steps=150", "task.seq_len=256", "trainer.limit_eval_batches=2",
+        "trainer=smoke", "trainer.max_steps=150", SHORT, "trainer.limit_eval_batches=2",
         "trainer.eval_every_steps=40", "model.dropout=0.1", "logger=none", f"trainer.compilation_cache={compiled}",
     ]
     whole_dir, run_dir = tmp_path / "whole", tmp_path / "run"
@@ -321,7 +326,7 @@ def test_every_model_trains_a_smoke_run(model, cache_dir, tmp_path):
     smoke_run above; s4_ptd and s5 share the classes of s4d and s5_ptd and differ in the init,
     which tests/ssm checks against float64 references."""
     run_dir = tmp_path / "run"
-    args = [f"model={model}", "trainer=smoke", "model.n_layers=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    args = [f"model={model}", "trainer=smoke", "model.n_layers=1", SHORT, "logger=none", f"hydra.run.dir={run_dir}"]
     result = train(args, cache_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = check_summary(run_dir)

@@ -26,7 +26,7 @@ cases = {
     "mamba": (lambda *a: batched_selective_scan(*a, scan="fused_interpret"),
               [rng.normal(size=(Bz, L, E)), rng.uniform(0.01, 1, size=(Bz, L, E)), -np.exp(rng.normal(size=(E, N))),
                rng.normal(size=(Bz, L, N)), rng.normal(size=(Bz, L, N)), rng.normal(size=E)]),
-    "lti": (lambda *a: lti_scan_fused(*a, interpret=True, reverse=True),
+    "lti": (lambda *a: lti_scan_fused(*a, interpret=True, reverse=True, chunk=4),
             [rng.uniform(0.5, 0.9, size=E), rng.uniform(-0.3, 0.3, size=E), rng.normal(size=(Bz, L, E)), rng.normal(size=(Bz, L, E))]),
 }
 for name, (fn, inputs) in cases.items():
