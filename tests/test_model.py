@@ -28,6 +28,18 @@ def model_cfg(**overrides):
     return cfg
 
 
+def assert_same_outputs(model, variables, tokens, other, mask):
+    """The model's outputs (inference, and training with batch statistics) are equal for two
+    inputs; returns the jitted inference function. Jitted because, op by op, the scans' many small
+    operations take most of a minute on a CPU."""
+    infer = jax.jit(model.apply)
+    train_step = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=["batch_stats"])[0])
+    for apply in (infer, train_step):
+        a, b = apply(variables, tokens, mask), apply(variables, other, mask)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    return infer
+
+
 def test_masked_mean_ignores_padding():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 10, 4)).astype(np.float32)
@@ -66,12 +78,7 @@ def test_logits_do_not_depend_on_padding(name, norm, prenorm, activation):
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, mask)
     garbage = tokens.copy()
     garbage[:, 15:] = rng.integers(2, 11, size=(4, 9))
-    # Jitted: op by op, the scans' many small operations take most of a minute on a CPU.
-    infer = jax.jit(model.apply)
-    train_step = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=["batch_stats"])[0])
-    for apply in (infer, train_step):
-        a, b = apply(variables, tokens, mask), apply(variables, garbage, mask)
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    infer = assert_same_outputs(model, variables, tokens, garbage, mask)
     # Nor on how much padding there is: the same 15 tokens padded to 24 or to 40 positions. (Not for
     # S4: its stored C~ = C (I - Abar^L) ties the kernel to one length L, as in the S4 papers; every
     # batch of a task has the same length, so this never varies within a run.)
@@ -187,12 +194,7 @@ def test_dual_logits_do_not_depend_on_padding():
     tokens, mask = pair_batch(rng)
     variables = model.init(jax.random.PRNGKey(0), tokens, mask)
     garbage = np.where(mask > 0, tokens, rng.integers(1, 11, size=tokens.shape)).astype(np.int32)
-    # Jitted: op by op, the scans' many small operations take most of a minute on a CPU.
-    infer = jax.jit(model.apply)
-    train_step = jax.jit(lambda v, x, m: model.apply(v, x, m, train=True, mutable=["batch_stats"])[0])
-    for apply in (infer, train_step):
-        a, b = apply(variables, tokens, mask), apply(variables, garbage, mask)
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    infer = assert_same_outputs(model, variables, tokens, garbage, mask)
     longer = np.zeros((3, 2, 33), np.int32)
     longer[..., :20] = tokens
     longer_mask = np.zeros((3, 2, 33), np.float32)
