@@ -7,6 +7,9 @@ set -uo pipefail
 experiments=${1:-s4d/pathfinder}; shift || true
 source scripts/device_env.sh
 out=${OUT:-results/bench/profiles}
+# Without command buffers every kernel carries the HLO instruction it ran (inside one, cuFFT and
+# cuBLAS kernels cannot be told apart); the step is then a few percent slower, not differently made.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
 for experiment in ${experiments//,/ }; do
   timeout 150 python3 scripts/profile_step.py --experiment "$experiment" --out "$out" "$@" || echo "$experiment: profile failed or timed out"
 done

@@ -25,6 +25,7 @@ import collections
 import glob
 import gzip
 import json
+import os
 import re
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def model_part(op_name: str) -> str:
     """A short, layer-independent label of where an op came from: the Flax module path with layer
     indices dropped, and whether it belongs to the backward pass (jax's `transpose`)."""
     if not op_name:
-        return "(no metadata)"
+        return "(no metadata: library kernels in a command buffer, parameters)"
     backward = "transpose(" in op_name
     path = re.sub(r"^jit\([^)]*\)/", "", op_name)
     wrapper = re.compile(r"\b(jvp|transpose|vmap|remat|checkpoint|pjit|jit)\(([^()]*)\)")
@@ -102,8 +103,18 @@ def busy_time_us(events: list[dict]) -> float:
 
 
 def event_op(event: dict) -> str:
+    """The HLO instruction a device event ran. Inside a command buffer (a CUDA graph of several
+    instructions) `hlo_op` names the buffer, and the kernel's own name is the fusion's, with
+    dots as underscores; library kernels (cuFFT, cuBLAS) keep their library names there."""
     args = event.get("args", {})
-    return str(args.get("hlo_op") or args.get("long_name") or event.get("name", "?"))
+    op = str(args.get("hlo_op") or "")
+    if op and not op.startswith("command_buffer"):
+        return op
+    return kernel_key(event.get("name", "?"))
+
+
+def kernel_key(name: str) -> str:
+    return re.sub(r"[.\-]", "_", name)
 
 
 def summarize(events: list[dict], ops: dict[str, dict], steps: int) -> dict:
@@ -113,9 +124,10 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int) -> dict:
         entry["us"] += e.get("dur", 0.0)
         entry["count"] += 1
         entry["kernels"].add(e.get("name", "?")[:60])
+    by_kernel_name = {kernel_key(name): info for name, info in ops.items()}
     rows = []
     for op, entry in per_op.items():
-        info = ops.get(op, {"opcode": "?", "detail": "", "op_name": ""})
+        info = ops.get(op) or by_kernel_name.get(op) or {"opcode": "library kernel", "detail": "", "op_name": ""}
         rows.append({
             "op": op,
             "ms_per_step": entry["us"] / 1e3 / steps,
@@ -203,6 +215,7 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall ms per step (traced, back to back)": f"{wall_s / args.steps * 1e3:.3f}",
         "batch": plan.trainer["batch_size"],
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "command": "python scripts/profile_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     text = markdown(summary, header, args.top)
