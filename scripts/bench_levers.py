@@ -7,8 +7,10 @@ timed forward + backward at the presets' shapes, and checked to give the same re
 conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to the input and both
   kernels) at the S4D presets' shapes. The layers hold activations as (B, L, H); XLA's FFT
   transforms the minor-most axis, so an FFT along L makes XLA transpose around it.
-  `time-axis`: `jnp.fft.rfft(u, axis=-2)` on (B, L, H), the layout left to XLA;
-  `channels-first`: an explicit transpose to (B, H, L), FFTs along the last axis, and back.
+  `time-axis rfft`: `jnp.fft.rfft(u, axis=-2)` and irfft on (B, L, H), the layout left to XLA;
+  `channels-first rfft`: an explicit transpose to (B, H, L), FFTs along the last axis, and back;
+  `time-axis packed`: ssm.conv.packed_circular_conv, forward complex FFTs of half the length
+  only (no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU).
 scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u_t, forward and
   backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
   S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
@@ -55,7 +57,13 @@ from ssm_lra.bench.measure import time_calls
 from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
-from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, fft_length
+from ssm_lra.ssm.conv import (
+    bidirectional_circular_kernel,
+    bidirectional_fft_conv,
+    fft_length,
+    packed_circular_conv,
+    rfft_circular_conv,
+)
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
@@ -68,15 +76,8 @@ from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 # conv-layout
 
 
-def conv_time_axis(u, k_circ):
-    L, n = u.shape[-2], k_circ.shape[-1]
-    u_f = jnp.fft.rfft(u, n=n, axis=-2)
-    k_f = jnp.fft.rfft(k_circ, n=n, axis=-1).T
-    return jnp.fft.irfft(u_f * k_f, n=n, axis=-2)[..., :L, :]
-
-
-def conv_channels_first(u, k_circ):
-    L, n = u.shape[-2], k_circ.shape[-1]
+def conv_channels_first(u, k_circ, n):
+    L = u.shape[-2]
     u_f = jnp.fft.rfft(jnp.swapaxes(u, -1, -2), n=n, axis=-1)  # (B, H, n/2+1)
     k_f = jnp.fft.rfft(k_circ, n=n, axis=-1)
     y = jnp.fft.irfft(u_f * k_f, n=n, axis=-1)[..., :L]
@@ -85,7 +86,8 @@ def conv_channels_first(u, k_circ):
 
 def bidirectional_conv(conv):
     def f(u, k_fwd, k_bwd):
-        return conv(u, bidirectional_circular_kernel(k_fwd, k_bwd, fft_length(u.shape[-2])))
+        n = fft_length(u.shape[-2])
+        return conv(u, bidirectional_circular_kernel(k_fwd, k_bwd, n), n=n)
 
     return f
 
@@ -249,14 +251,15 @@ def projection_inputs(B, L, H, P):
 
 LEVERS = {
     "conv-layout": {
-        "title": "FFT convolution layout (bidirectional, S4D shapes)",
+        "title": "FFT convolution: layout and transforms (bidirectional, S4D shapes)",
         "dims": "B x L x H",
         # (name, batch, length, channels): the S4D presets' training shapes.
         "shapes": [("listops", 50, 2048, 256), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
         "inputs": conv_inputs,
         "variants": {
-            "time-axis": bidirectional_conv(conv_time_axis),
-            "channels-first": bidirectional_conv(conv_channels_first),
+            "time-axis rfft": bidirectional_conv(rfft_circular_conv),
+            "channels-first rfft": bidirectional_conv(conv_channels_first),
+            "time-axis packed (default)": bidirectional_conv(packed_circular_conv),
         },
     },
     "scan": {
