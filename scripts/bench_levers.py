@@ -7,10 +7,11 @@ timed forward + backward at the presets' shapes, and checked to give the same re
 conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to the input and both
   kernels) at the S4D presets' shapes. The layers hold activations as (B, L, H); XLA's FFT
   transforms the minor-most axis, so an FFT along L makes XLA transpose around it.
-  `time-axis rfft`: `jnp.fft.rfft(u, axis=-2)` and irfft on (B, L, H), the layout left to XLA;
+  `time-axis rfft` (ssm.conv.circular_conv, the default): rfft along axis -2 and irfft on
+  (B, L, H), the layout left to XLA;
   `channels-first rfft`: an explicit transpose to (B, H, L), FFTs along the last axis, and back;
-  `time-axis packed`: ssm.conv.packed_circular_conv, forward complex FFTs of half the length
-  only (no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU).
+  `time-axis packed`: forward complex FFTs of half the length only (`packed_circular_conv`
+  below), so no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU.
 scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u_t, forward and
   backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
   S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
@@ -49,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from functools import partial
 
@@ -57,13 +59,7 @@ from ssm_lra.bench.measure import time_calls
 from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
-from ssm_lra.ssm.conv import (
-    bidirectional_circular_kernel,
-    bidirectional_fft_conv,
-    fft_length,
-    packed_circular_conv,
-    rfft_circular_conv,
-)
+from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, circular_conv, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
@@ -74,6 +70,80 @@ from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 
 # ----------------------------------------------------------------------------------------------
 # conv-layout
+
+
+# The real FFT of length n = 2M by a complex FFT of length M, both ways (the even and odd samples
+# travel as the real and imaginary parts of one complex signal); frequencies on axis -2. Exact
+# (float64 agreement with circular_conv to 1e-16), but slower on an H200 (NOTES.md, lever 12).
+
+
+def pack_pairs(u, M: int):
+    """(..., L, H) real -> (..., M, H) complex z[m] = u[2m] + i u[2m+1], zero beyond L (L <= 2M)."""
+    L = u.shape[-2]
+    half = -(-L // 2)
+    pad = [(0, 0)] * u.ndim
+    pad[-2] = (0, 2 * half - L)
+    pairs = jnp.pad(u, pad).reshape(u.shape[:-2] + (half, 2, u.shape[-1]))
+    z = pairs[..., 0, :] + 1j * pairs[..., 1, :]
+    pad[-2] = (0, M - half)
+    return jnp.pad(z, pad)
+
+
+def unpack_pairs(z, L: int):
+    """(..., M, H) complex -> (..., L, H) real: y[2m] = Re z[m], y[2m+1] = Im z[m], first L."""
+    half = -(-L // 2)
+    z = z[..., :half, :]
+    y = jnp.stack([z.real, z.imag], axis=-2).reshape(z.shape[:-2] + (2 * half, z.shape[-1]))
+    return y[..., :L, :]
+
+
+def half_twiddles(M: int, dtype) -> np.ndarray:
+    """w^k = exp(-2 pi i k / 2M), k = 0..M, as a column (M + 1, 1) (float64 numpy: M is static)."""
+    return np.exp(-1j * np.pi * np.arange(M + 1) / M).astype(dtype)[:, None]
+
+
+def spectrum_from_packed(Z):
+    """The rfft (..., M + 1, H) of a real length-2M signal x from Z = fft(pack_pairs(x)) (..., M, H).
+
+    With E, O the length-M transforms of the even and odd samples, Z = E + i O and conj(Z[-k]) =
+    E[k] - i O[k] (E, O are transforms of real signals), so E and O come out of Z and its mirror,
+    and X[k] = E[k] + w^k O[k] (k = M included: w^M = -1, E and O have period M)."""
+    M = Z.shape[-2]
+    Z = jnp.concatenate([Z, Z[..., :1, :]], axis=-2)  # index k mod M, k = 0..M
+    mirror = jnp.conj(jnp.flip(Z, axis=-2))  # conj(Z[M - k])
+    even, odd = 0.5 * (Z + mirror), -0.5j * (Z - mirror)
+    return even + half_twiddles(M, Z.dtype) * odd
+
+
+def packed_from_spectrum(Y):
+    """The inverse of `spectrum_from_packed`: from the rfft Y (..., M + 1, H) of a real length-2M
+    signal y, the (..., M, H) complex signal whose length-M inverse FFT is pack_pairs(y).
+
+    E[k] = (Y[k] + Y[k + M]) / 2 and O[k] = (Y[k] - Y[k + M]) w^-k / 2, where Y[k + M] =
+    conj(Y[M - k]) (y is real), and the packed transform is E + i O."""
+    M = Y.shape[-2] - 1
+    mirror = jnp.conj(jnp.flip(Y, axis=-2))  # Y[k + M]
+    even = 0.5 * (Y + mirror)
+    odd = 0.5 * (Y - mirror) * jnp.conj(half_twiddles(M, Y.dtype))
+    return (even + 1j * odd)[..., :M, :]
+
+
+def packed_circular_conv(u, k_circ, n: int):
+    """`ssm.conv.circular_conv` (same arguments, same result) by forward complex FFTs of length n/2.
+
+    The input is packed into a complex signal of half the length and transformed; its real
+    spectrum is untangled, multiplied by the kernel's and re-packed in one elementwise pass; the
+    inverse transform is conj(fft(conj(.))) with the 1/(n/2) folded into the kernel's spectrum.
+    The backward pass of a forward complex FFT is again one, so no inverse real FFT runs at all.
+    """
+    L, M = u.shape[-2], n // 2
+    if n % 2 or 2 * M < L:
+        raise ValueError(f"need an even FFT length of at least L = {L}, got {n}")
+    k_f = jnp.fft.rfft(k_circ, n=n, axis=-1).T / M  # (M + 1, H): the inverse FFT's 1/M included
+    u_f = spectrum_from_packed(jnp.fft.fft(pack_pairs(u, M), axis=-2))
+    packed = packed_from_spectrum(u_f * k_f.astype(u_f.dtype))
+    y = jnp.conj(jnp.fft.fft(jnp.conj(packed), axis=-2))  # M times the inverse FFT
+    return unpack_pairs(y, L)
 
 
 def conv_channels_first(u, k_circ, n):
@@ -257,9 +327,9 @@ LEVERS = {
         "shapes": [("listops", 50, 2048, 256), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
         "inputs": conv_inputs,
         "variants": {
-            "time-axis rfft": bidirectional_conv(rfft_circular_conv),
+            "time-axis rfft (default)": bidirectional_conv(circular_conv),
             "channels-first rfft": bidirectional_conv(conv_channels_first),
-            "time-axis packed (default)": bidirectional_conv(packed_circular_conv),
+            "time-axis packed": bidirectional_conv(packed_circular_conv),
         },
     },
     "scan": {

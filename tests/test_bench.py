@@ -278,10 +278,12 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
 # Single-lever micro-benchmarks: every variant of a lever computes the same thing.
 
 
-# The levers still to be measured on a GPU (the others' results are in results/bench/levers).
+# Levers whose variants are code that lives only in the script or are still to be measured on a
+# GPU (the others' results are in results/bench/levers).
 @pytest.mark.parametrize(
     "lever, dims, rtol",
     [
+        ("conv-layout", (2, 37, 3), 1e-5),  # the packed FFT form exists only in the script
         # float32: the Cauchy route's gradient with respect to log_dt is itself about 1e-3 from
         # float64 (the powers route's 1e-5); tests/ssm/test_s4.py compares the two in float64.
         ("s4-kernel", (3, 8, 40), 1e-2),
