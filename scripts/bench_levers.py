@@ -32,6 +32,9 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   length-L kernel by the blocked Vandermonde product, then one FFT convolution: the default)
   against `chunked T` (ssm.chunked_conv: a T x T Toeplitz matmul within chunks, states passed
   between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`).
+glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
+  the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
+  model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
 s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
   presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
   (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
@@ -319,6 +322,31 @@ def projection_inputs(B, L, H, P):
     return (u, B_bar, C, xs), (random_complex(k[4], (B, L, P)), jax.random.normal(k[5], (B, L, H)))
 
 
+# ----------------------------------------------------------------------------------------------
+# glu
+
+
+def glu_inputs(B, L, H):
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    x = jax.random.normal(k[0], (B, L, H))
+    kernel = jax.random.normal(k[1], (H, 2 * H)) / H**0.5
+    bias = jax.random.normal(k[2], (2 * H,)) * 0.1
+    return (x, kernel, bias), jax.random.normal(k[3], (B, L, H))
+
+
+def glu_one_matmul(x, kernel, bias):
+    """model.OutputActivation's "glu": GELU, one (H, 2H) dense layer, the GLU on its two halves."""
+    return jax.nn.glu(jax.nn.gelu(x) @ kernel + bias, axis=-1)
+
+
+def glu_two_matmuls(x, kernel, bias):
+    """The same with the kernel's halves as two (H, H) products: the backward pass gets the two
+    halves' gradients as separate arrays instead of concatenating them into one (B, L, 2H)."""
+    H = x.shape[-1]
+    act = jax.nn.gelu(x)
+    return (act @ kernel[:, :H] + bias[:H]) * jax.nn.sigmoid(act @ kernel[:, H:] + bias[H:])
+
+
 LEVERS = {
     "conv-layout": {
         "title": "FFT convolution: layout and transforms (bidirectional, S4D shapes)",
@@ -376,6 +404,14 @@ LEVERS = {
         "shapes": [("listops", 50, 2048, 128, 16), ("pathfinder", 64, 1024, 320, 16), ("pathx", 32, 16384, 224, 16)],
         "inputs": mamba_scan_inputs,
         "variants_for": mamba_scan_variants,
+    },
+    "glu": {
+        "title": "GELU, dense layer to 2H and GLU (model.OutputActivation 'glu')",
+        "dims": "B x L x H",
+        # The S4 / S4D presets' training shapes.
+        "shapes": [("listops", 50, 2048, 128), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
+        "inputs": glu_inputs,
+        "variants": {"one (H, 2H) matmul": glu_one_matmul, "two (H, H) matmuls": glu_two_matmuls},
     },
     "s5-projections": {
         "title": "S5 input and output projections",
