@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", required=True)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--top", type=int, default=40)
+    p.add_argument("--top", type=int, default=80)
     p.add_argument("--out", default="results/bench/profiles")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)

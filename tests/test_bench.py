@@ -297,3 +297,47 @@ def test_bench_levers_variants_agree_at_small_shapes(lever, dims, rtol):
     rows = levers.measure(levers.LEVERS[lever], "tiny", dims, steps=1)
     assert len(rows) >= 2 and all(r["median_ms"] > 0 for r in rows)
     assert max(r["max_rel_diff"] for r in rows) < rtol, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# scripts/profile_step.py: the pure functions that turn a trace into per-op and per-part times.
+
+
+def test_profile_busy_time_is_the_union_of_kernel_intervals():
+    prof = load_script("profile_step")
+    events = [{"ts": 0.0, "dur": 10.0}, {"ts": 5.0, "dur": 10.0}, {"ts": 30.0, "dur": 5.0}, {"ts": 31.0, "dur": 1.0}]
+    assert prof.busy_time_us(events) == 20.0  # [0, 15] and [30, 35]
+
+
+def test_profile_model_part_drops_layer_indices_and_marks_the_backward_pass():
+    prof = load_script("profile_step")
+    fwd = "jit(train_step)/jvp(SequenceClassifier)/block_3/S4D/within_chunks/dot_general"
+    bwd = "jit(train_step)/transpose(jvp(SequenceClassifier))/block_0/S4D/jvp(scan_over_chunks)/add_any"
+    assert prof.model_part(fwd) == "fwd block/S4D/within_chunks"
+    assert prof.model_part(bwd) == "bwd block/S4D/scan_over_chunks"
+    assert prof.model_part("jit(train_step)/reduce_and").endswith("(outside modules)")
+
+
+def test_profile_summary_names_kernels_inside_command_buffers_by_their_fusion():
+    prof = load_script("profile_step")
+    hlo = "\n".join([
+        '  %loop_add_fusion.5 = f32[4]{0} fusion(f32[4]{0} %p), kind=kLoop, calls=%c, '
+        'metadata={op_name="jit(train_step)/jvp(SequenceClassifier)/block_1/OutputActivation/add"}',
+        '  %cublas-lt-matmul.2 = (f32[4]{0}, s8[8]{0}) custom-call(f32[4]{0} %a), custom_call_target="__cublas$lt$matmul", '
+        'metadata={op_name="jit(train_step)/transpose(jvp(SequenceClassifier))/block_0/OutputActivation/Dense/dot_general"}',
+    ])
+    ops = prof.hlo_ops(hlo)
+    assert ops["loop_add_fusion.5"]["detail"] == "kLoop"
+    assert ops["cublas-lt-matmul.2"]["detail"] == "__cublas$lt$matmul"
+    events = [
+        {"ts": 0.0, "dur": 2.0, "name": "loop_add_fusion_5", "args": {"hlo_op": "command_buffer_1"}},
+        {"ts": 4.0, "dur": 6.0, "name": "sm90_xmma_gemm", "args": {"hlo_op": "cublas-lt-matmul.2"}},
+        {"ts": 10.0, "dur": 2.0, "name": "loop_add_fusion_5", "args": {"hlo_op": "command_buffer_1"}},
+    ]
+    summary = prof.summarize(events, ops, steps=2)
+    by_op = {r["op"]: r for r in summary["ops"]}
+    assert by_op["loop_add_fusion_5"]["ms_per_step"] == pytest.approx(0.002)
+    assert by_op["loop_add_fusion_5"]["part"] == "fwd block/OutputActivation"
+    assert by_op["cublas-lt-matmul.2"]["part"] == "bwd block/OutputActivation/Dense"
+    assert summary["busy_ms_per_step"] == pytest.approx(0.005)
+    assert summary["ops"][0]["op"] == "cublas-lt-matmul.2"  # the largest first

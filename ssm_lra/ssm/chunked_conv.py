@@ -21,6 +21,7 @@ Layouts as in conv.py: u (..., L, H) with time before channels; W and log a are 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -99,12 +100,15 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     bidirectional = W_bwd is not None
     k_fwd = vandermonde_kernel(None, W_fwd, T, log_Abar=log_a)  # the first T lags
     k_bwd = vandermonde_kernel(None, W_bwd, T, log_Abar=log_a) if bidirectional else None
-    within = jnp.einsum("...csh,hrs->...crh", blocks, chunk_toeplitz(k_fwd, k_bwd).astype(real), precision=prec)
+    # The named scopes label the pieces in profiles (scripts/profile_step.py groups by them).
+    with jax.named_scope("within_chunks"):
+        within = jnp.einsum("...csh,hrs->...crh", blocks, chunk_toeplitz(k_fwd, k_bwd).astype(real), precision=prec)
 
     # Chunk states from each chunk's own inputs: a^(T-1-s) forwards, a^s backwards.
     gather = [pows[..., T - 1 :: -1]] + ([pows[..., :T]] if bidirectional else [])
     gather = jnp.concatenate([_as_real_rows(g) for g in gather], axis=-2).astype(real)  # (H, D, T)
-    z = jnp.einsum("...csh,hds->...chd", blocks, gather, precision=prec)  # D = 2 N2 per direction
+    with jax.named_scope("chunk_states"):
+        z = jnp.einsum("...csh,hds->...chd", blocks, gather, precision=prec)  # D = 2 N2 per direction
     N2 = log_a.shape[-1]
     a_T = pows[..., T]  # (H, N2)
 
@@ -120,13 +124,16 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
         Wa = W[..., None] * exps  # (H, N2, T)
         return jnp.concatenate([2.0 * Wa.real, -2.0 * Wa.imag], axis=-2)
 
-    states = [carried(z[..., : 2 * N2], reverse=False)]
+    with jax.named_scope("scan_over_chunks"):
+        states = [carried(z[..., : 2 * N2], reverse=False)]
+        if bidirectional:
+            states.append(carried(z[..., 2 * N2 :], reverse=True))
+        states = jnp.concatenate(states, axis=-1)
     rows = [readout(W_fwd, pows[..., 1:])]  # a^(r+1)
     if bidirectional:
-        states.append(carried(z[..., 2 * N2 :], reverse=True))
         rows.append(readout(W_bwd, pows[..., T:0:-1]))  # a^(T-r)
-    states = jnp.concatenate(states, axis=-1)
     rows = jnp.concatenate(rows, axis=-2).astype(real)
-    across = jnp.einsum("...chd,hdr->...crh", states.astype(real), rows, precision=prec)
+    with jax.named_scope("across_chunks"):
+        across = jnp.einsum("...chd,hdr->...crh", states.astype(real), rows, precision=prec)
     y = (within + across).reshape(u.shape[:-2] + (n_chunks * T, H))
     return y[..., :L, :]
