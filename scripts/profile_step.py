@@ -74,9 +74,9 @@ def model_part(op_name: str) -> str:
     path = path.replace("SequenceClassifier/", "")
     path = re.sub(r"_\d+\b", "", path)  # layers_3 -> layers
     parts = [p for p in path.split("/") if p]
-    # The module path without the primitive at its end; ops outside any module are the loss,
-    # the optimizer update and the finiteness guard.
-    label = "/".join(parts[:-1][:5]) if len(parts) > 1 and parts[0][0].isupper() or "block" in parts[:1] else "(outside modules)"
+    # The module (or jitted helper) path without the primitive at its end; bare primitives are
+    # the loss, the optimizer update and the finiteness guard.
+    label = "/".join(parts[:-1][:5]) or "(outside modules)"
     return ("bwd " if backward else "fwd ") + label
 
 
@@ -142,9 +142,8 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int) -> dict:
     for r in rows:
         by_part[r["part"]][0] += r["ms_per_step"]
         by_part[r["part"]][1] += r["launches_per_step"]
-        kind = r["kind"].split(" ")[0] + (" " + r["kind"].split(" ")[1] if r["kind"].startswith(("custom-call", "fusion")) and " " in r["kind"] else "")
-        by_kind[kind][0] += r["ms_per_step"]
-        by_kind[kind][1] += r["launches_per_step"]
+        by_kind[r["kind"]][0] += r["ms_per_step"]
+        by_kind[r["kind"]][1] += r["launches_per_step"]
     return {
         "kernel_ms_per_step": sum(r["ms_per_step"] for r in rows),
         "busy_ms_per_step": busy_time_us(events) / 1e3 / steps,
