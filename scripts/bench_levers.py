@@ -7,7 +7,7 @@ timed forward + backward at the presets' shapes, and checked to give the same re
 conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to the input and both
   kernels) at the S4D presets' shapes. The layers hold activations as (B, L, H); XLA's FFT
   transforms the minor-most axis, so an FFT along L makes XLA transpose around it.
-  `time-axis rfft` (ssm.conv.circular_conv, the default): rfft along axis -2 and irfft on
+  `time-axis rfft` (ssm.conv.bidirectional_fft_conv, the default): rfft along axis -2 and irfft on
   (B, L, H), the layout left to XLA;
   `channels-first rfft`: an explicit transpose to (B, H, L), FFTs along the last axis, and back;
   `time-axis packed`: forward complex FFTs of half the length only (`packed_circular_conv`
@@ -62,7 +62,7 @@ from ssm_lra.bench.measure import time_calls
 from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
 from ssm_lra.ssm import scan
-from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, circular_conv, fft_length
+from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
@@ -77,7 +77,7 @@ from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 
 # The real FFT of length n = 2M by a complex FFT of length M, both ways (the even and odd samples
 # travel as the real and imaginary parts of one complex signal); frequencies on axis -2. Exact
-# (float64 agreement with circular_conv to 1e-16), but slower on an H200 (NOTES.md, lever 12).
+# (float64 agreement with ssm.conv's rfft form to 1e-16), but slower on an H200 (NOTES.md, lever 12).
 
 
 def pack_pairs(u, M: int):
@@ -132,7 +132,7 @@ def packed_from_spectrum(Y):
 
 
 def packed_circular_conv(u, k_circ, n: int):
-    """`ssm.conv.circular_conv` (same arguments, same result) by forward complex FFTs of length n/2.
+    """`ssm.conv._circular_conv` (same arguments, same result) by forward complex FFTs of length n/2.
 
     The input is packed into a complex signal of half the length and transformed; its real
     spectrum is untangled, multiplied by the kernel's and re-packed in one elementwise pass; the
@@ -355,7 +355,7 @@ LEVERS = {
         "shapes": [("listops", 50, 2048, 256), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
         "inputs": conv_inputs,
         "variants": {
-            "time-axis rfft (default)": bidirectional_conv(circular_conv),
+            "time-axis rfft (default)": bidirectional_fft_conv,
             "channels-first rfft": bidirectional_conv(conv_channels_first),
             "time-axis packed": bidirectional_conv(packed_circular_conv),
         },

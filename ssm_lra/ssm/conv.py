@@ -10,7 +10,7 @@ import math
 
 import jax.numpy as jnp
 
-__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "circular_conv", "fft_length", "vandermonde_kernel"]
+__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel"]
 
 
 def vandermonde_kernel(Abar, CB, L: int, log_Abar=None):
@@ -57,7 +57,7 @@ def fft_length(L: int) -> int:
     return 1 << max(0, (2 * int(L) - 1).bit_length())
 
 
-def circular_conv(u, k_circ, n: int):
+def _circular_conv(u, k_circ, n: int):
     """Circular convolution of u (..., L, H), zero-padded to n, with a length-n kernel (H, n);
     returns the first L outputs.
 
@@ -82,7 +82,7 @@ def causal_fft_conv(u, k):
     L = u.shape[-2]
     if k.shape[-1] != L:
         raise ValueError(f"kernel length {k.shape[-1]} does not match sequence length {L}")
-    return circular_conv(u, k, fft_length(L))
+    return _circular_conv(u, k, fft_length(L))
 
 
 def bidirectional_circular_kernel(k_fwd, k_bwd, n: int):
@@ -118,4 +118,4 @@ def bidirectional_fft_conv(u, k_fwd, k_bwd):
             f"kernel lengths {k_fwd.shape[-1]}, {k_bwd.shape[-1]} do not match sequence length {L}"
         )
     n = fft_length(L)
-    return circular_conv(u, bidirectional_circular_kernel(k_fwd, k_bwd, n), n)
+    return _circular_conv(u, bidirectional_circular_kernel(k_fwd, k_bwd, n), n)
