@@ -11,7 +11,9 @@ conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to th
   (B, L, H), the layout left to XLA;
   `channels-first rfft`: an explicit transpose to (B, H, L), FFTs along the last axis, and back;
   `time-axis packed`: forward complex FFTs of half the length only (`packed_circular_conv`
-  below), so no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU.
+  below), so no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU;
+  `batch-paired complex`: two batch rows as one complex signal, forward complex FFTs of the full
+  length only (`paired_circular_conv`): no inverse FFT either, and nothing to untangle.
 scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u_t, forward and
   backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
   S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
@@ -147,6 +149,28 @@ def packed_circular_conv(u, k_circ, n: int):
     packed = packed_from_spectrum(u_f * k_f.astype(u_f.dtype))
     y = jnp.conj(jnp.fft.fft(jnp.conj(packed), axis=-2))  # M times the inverse FFT
     return unpack_pairs(y, L)
+
+
+def paired_circular_conv(u, k_circ, n: int):
+    """`ssm.conv._circular_conv` (same arguments, same result; u needs a batch axis, -3) by forward
+    complex FFTs of length n only.
+
+    Every batch row of a channel is convolved with the same real kernel, so two rows can travel
+    as the real and imaginary parts of one complex signal and come out as the real and imaginary
+    parts of the result, with nothing to untangle (unlike `packed_circular_conv`). The inverse
+    transform is conj(fft(conj(.))) with the 1/n folded into the kernel's spectrum; the backward
+    pass of a forward complex FFT is again one, so no inverse FFT (and none of the copy and the
+    scaling pass XLA adds around one on a GPU) runs at all.
+    """
+    B, L = u.shape[-3], u.shape[-2]
+    half = -(-B // 2)
+    pad = [(0, 0)] * u.ndim
+    pad[-3], pad[-2] = (0, 2 * half - B), (0, n - L)
+    u = jnp.pad(u, pad)
+    z = jax.lax.complex(u[..., :half, :, :], u[..., half:, :, :])  # (..., B/2, n, H)
+    k_f = jnp.fft.fft(k_circ.astype(z.dtype), n=n, axis=-1).T / n  # (n, H): the inverse FFT's 1/n included
+    y = jnp.fft.fft(jnp.conj(jnp.fft.fft(z, axis=-2) * k_f), axis=-2)[..., :L, :]  # conj of the result
+    return jnp.concatenate([y.real, -y.imag], axis=-3)[..., :B, :, :]
 
 
 def conv_channels_first(u, k_circ, n):
@@ -358,6 +382,7 @@ LEVERS = {
             "time-axis rfft (default)": bidirectional_fft_conv,
             "channels-first rfft": bidirectional_conv(conv_channels_first),
             "time-axis packed": bidirectional_conv(packed_circular_conv),
+            "batch-paired complex": bidirectional_conv(paired_circular_conv),
         },
     },
     "scan": {

@@ -283,7 +283,8 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
 @pytest.mark.parametrize(
     "lever, dims, rtol",
     [
-        ("conv-layout", (2, 37, 3), 1e-5),  # the packed FFT form exists only in the script
+        ("conv-layout", (2, 37, 3), 1e-5),  # the packed and paired FFT forms exist only in the script
+        ("conv-layout", (3, 20, 2), 1e-5),  # an odd batch: the paired form pads a zero row
         ("glu", (2, 7, 4), 1e-5),
         # float32: the Cauchy route's gradient with respect to log_dt is itself about 1e-3 from
         # float64 (the powers route's 1e-5); tests/ssm/test_s4.py compares the two in float64.
