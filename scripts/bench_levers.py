@@ -33,7 +33,8 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   and the five SSM parameter arrays) at the S4D presets' B, L, H and N: `kernel + fft` (the
   length-L kernel by the blocked Vandermonde product, then one FFT convolution: the default)
   against `chunked T` (ssm.chunked_conv: a T x T Toeplitz matmul within chunks, states passed
-  between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`).
+  between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`),
+  the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel.
 glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
   the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
   model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
@@ -284,15 +285,19 @@ def s4d_conv_variants(B, L, H, N):
         K = s4d_kernel(*ssm, L)
         return bidirectional_fft_conv(u, K[0], K[1])
 
-    def chunked(T, precision):
+    def chunked(T, precision, scan="xla"):
         def f(u, *ssm):
             log_a, W = s4d_system(*ssm)
-            return chunked_ssm_conv(u, log_a, W[0], W[1], chunk=T, precision=precision)
+            return chunked_ssm_conv(u, log_a, W[0], W[1], chunk=T, precision=precision, scan=scan)
 
         return f
 
     chunked_variants = [(64, "highest"), (128, "highest"), (256, "highest"), (128, "default"), (256, "default")]
-    return {"kernel + fft": fft, **{f"chunked {T} {prec}": chunked(T, prec) for T, prec in chunked_variants}}
+    variants = {"kernel + fft": fft, **{f"chunked {T} {prec}": chunked(T, prec) for T, prec in chunked_variants}}
+    if fused_scan_available():  # the chunk states carried by the fused kernel (GPU only)
+        for T, prec in [(128, "highest"), (64, "default"), (128, "default"), (256, "default"), (512, "default")]:
+            variants[f"chunked {T} {prec} fused"] = chunked(T, prec, "fused")
+    return variants
 
 
 # ----------------------------------------------------------------------------------------------

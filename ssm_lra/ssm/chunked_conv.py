@@ -16,6 +16,10 @@ The anti-causal direction y[t] = sum_{j >= t} K'[j - t] u[j] is the mirror image
 part is the upper triangle of the same Toeplitz matrix, its chunk states z'[c, n] = sum_s a^s u[c, s]
 run backwards, and chunk c reads them out with a^(T-r). Both directions share one matmul per stage.
 
+The scan over chunk states runs either as XLA's log-depth `lti_scan` (any backend) or, on a GPU,
+as the fused Pallas kernel S5 uses (`lti_kernel.lti_scan_fused`, the (H, N/2) states of a chunk
+flattened into its state axis): one pass over the states instead of a tree of passes.
+
 Layouts as in conv.py: u (..., L, H) with time before channels; W and log a are (H, N/2).
 """
 
@@ -26,13 +30,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from ssm_lra.ssm.conv import vandermonde_kernel
+from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.scan import lti_scan
 
-__all__ = ["CHUNK_PRECISIONS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk"]
+__all__ = ["CHUNK_PRECISIONS", "CHUNK_SCANS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk"]
 
 # "default" lets XLA round float32 matmul inputs to TF32 on tensor cores (JAX's own default on
 # recent GPUs, which the dense layers already get); "highest" keeps true float32 products.
 CHUNK_PRECISIONS = {"default": None, "highest": lax.Precision.HIGHEST}
+# How the chunk states are carried across chunks: XLA's lti_scan, or the fused GPU kernel
+# (compiled, or run by Pallas' interpreter on any backend, slowly: for tests).
+CHUNK_SCANS = ("xla", "fused", "fused_interpret")
 
 
 def default_chunk(L: int) -> int:
@@ -76,7 +84,19 @@ def _shift_chunks(x, by: int):
     return lax.slice_in_dim(jnp.pad(x, pad), start, start + C, axis=x.ndim - 3)
 
 
-def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "highest"):
+def _fused_chunk_scan(a_T, b_re, b_im, reverse: bool, interpret: bool):
+    """lti_scan over the chunk axis (-3) of b (..., C, H, N2) with multiplier a_T (H, N2), by the
+    fused kernel: each chunk's (H, N2) states are its state axis. Returns (real, imaginary)."""
+    C, H, N2 = b_re.shape[-3:]
+    flat = lambda x: x.reshape((-1, C, H * N2))
+    x_re, x_im = lti_scan_fused(
+        a_T.real.reshape(-1), a_T.imag.reshape(-1), flat(b_re), flat(b_im), reverse=reverse, interpret=interpret
+    )
+    return x_re.reshape(b_re.shape), x_im.reshape(b_im.shape)
+
+
+def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "highest",
+                     scan: str = "xla"):
     """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd), K[l] = 2 Re sum_n W_n a_n^l.
 
     Same result as `causal_fft_conv(u, vandermonde_kernel(..., W_fwd, L))` (and, with W_bwd, as
@@ -84,9 +104,12 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
 
     u: (..., L, H) real; log_a: (H, N2) complex, log of the discrete eigenvalues; W_fwd, W_bwd:
     (H, N2) complex. chunk: T (default `default_chunk(L)`); L is zero-padded to a multiple of it.
+    scan: one of CHUNK_SCANS, how the states pass between chunks (the same result).
     """
     if precision not in CHUNK_PRECISIONS:
         raise ValueError(f"unknown chunk precision {precision!r}; valid ones are {', '.join(map(repr, CHUNK_PRECISIONS))}")
+    if scan not in CHUNK_SCANS:
+        raise ValueError(f"unknown chunk scan {scan!r}; valid ones are {', '.join(map(repr, CHUNK_SCANS))}")
     prec = CHUNK_PRECISIONS[precision]
     L, H = u.shape[-2], u.shape[-1]
     T = chunk or default_chunk(L)
@@ -115,9 +138,14 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     def carried(z_dir, reverse):
         """S[c] (forwards) or S'[c] (backwards): the state the other chunks hand to chunk c.
         S[c] = a^T S[c-1] + z[c-1] is the scan of z moved one chunk later (earlier, backwards)."""
-        z_c = lax.complex(z_dir[..., :N2], z_dir[..., N2:])  # (..., C, H, N2)
-        S = lti_scan(a_T, _shift_chunks(z_c, -1 if reverse else 1), axis=-3, reverse=reverse)
-        return jnp.concatenate([S.real, S.imag], axis=-1)
+        shift = -1 if reverse else 1
+        z_re, z_im = _shift_chunks(z_dir[..., :N2], shift), _shift_chunks(z_dir[..., N2:], shift)  # (..., C, H, N2)
+        if scan == "xla":
+            S = lti_scan(a_T, lax.complex(z_re, z_im), axis=-3, reverse=reverse)
+            S_re, S_im = S.real, S.imag
+        else:
+            S_re, S_im = _fused_chunk_scan(a_T, z_re, z_im, reverse, interpret=scan == "fused_interpret")
+        return jnp.concatenate([S_re, S_im], axis=-1)
 
     # Read-out rows: 2 Re(W a^e S) = [2 Re(W a^e), -2 Im(W a^e)] . [Re S, Im S].
     def readout(W, exps):

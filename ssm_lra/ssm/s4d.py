@@ -23,10 +23,11 @@ import numpy as np
 from jax import lax
 
 from ssm_lra.ssm import Mixer
-from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, chunked_ssm_conv
+from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, CHUNK_SCANS, chunked_ssm_conv
 from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
 from ssm_lra.ssm.scan import check_chunk_size
 
 __all__ = ["CONVS", "S4D", "S4D_INITS", "SSM_PARAM_NAMES", "s4d_kernel", "s4d_system"]
@@ -129,7 +130,8 @@ class S4D(Mixer):
         sequence (the two kernels are summed into one FFT conv).
       conv: "fft" (kernel of length L, FFT convolution) or "chunked" (`chunked_ssm_conv`: matmuls
         within chunks of `chunk_size` steps, states passed between chunks; `chunk_precision`
-        "highest" keeps float32 products, "default" lets GPUs use TF32 tensor cores).
+        "highest" keeps float32 products, "default" lets GPUs use TF32 tensor cores; `chunk_scan`
+        carries the states across chunks: "auto" is the fused kernel on a GPU and "xla" elsewhere).
       param_dtype: dtype of the real parameters; float64 (with x64 on) gives a complex128 kernel.
     """
 
@@ -145,6 +147,7 @@ class S4D(Mixer):
     conv: str = "fft"
     chunk_size: int | None = None
     chunk_precision: str = "highest"
+    chunk_scan: str = "auto"
     param_dtype: Any = jnp.float32
 
     def check_options(self):
@@ -171,6 +174,11 @@ class S4D(Mixer):
         if self.chunk_precision not in CHUNK_PRECISIONS:
             valid = ", ".join(map(repr, CHUNK_PRECISIONS))
             raise ValueError(f"unknown chunk_precision {self.chunk_precision!r}; valid ones are {valid}")
+        if self.chunk_scan not in ("auto", *CHUNK_SCANS):
+            valid = ", ".join(map(repr, ("auto", *CHUNK_SCANS)))
+            raise ValueError(f"unknown chunk_scan {self.chunk_scan!r}; valid ones are {valid}")
+        if self.conv == "chunked" and self.chunk_scan == "fused":
+            check_fused_scan_runs("xla")
 
     def setup(self):
         H, N2 = self.d_model, self.d_state // 2
@@ -220,7 +228,8 @@ class S4D(Mixer):
         if self.conv == "chunked":
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
-            y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision)
+            y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision,
+                                 scan=resolve_scan(self.chunk_scan, "xla"))
         else:
             K = self.kernel(u.shape[-2]).astype(x.dtype)
             y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])

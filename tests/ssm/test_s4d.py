@@ -331,6 +331,28 @@ def test_bidirectional_fft_conv_matches_two_direct_convs(L):
     assert_rel_close(y0, causal_fft_conv(jnp.asarray(u), jnp.asarray(kf)), 1e-12)
 
 
+@pytest.mark.parametrize("batch", [(), (1,), (3,), (2, 5)])
+def test_fft_conv_any_batch_shape_matches_direct(batch):
+    """The convolution pairs sequences of the batch axis (-3) as real and imaginary parts: an odd
+    batch, a single sequence, no batch axis and extra leading axes all give each sequence's own
+    convolution, and the gradient is each sequence's own too."""
+    rng = np.random.default_rng(300 + len(batch))
+    L, H = 13, 2
+    u = rng.normal(size=(*batch, L, H))
+    kf, kb = rng.normal(size=(2, H, L))
+    flat = u.reshape(-1, L, H)
+    ref = (direct_causal_conv(flat, kf) + direct_anticausal_conv(flat, kb)).reshape(u.shape)
+    y = jax.jit(bidirectional_fft_conv)(jnp.asarray(u), jnp.asarray(kf), jnp.asarray(kb))
+    assert y.shape == u.shape
+    assert_rel_close(y, ref, 1e-12)
+    # d/du of <y, g> is the adjoint convolution of g: the causal kernel becomes anti-causal.
+    g = rng.normal(size=u.shape)
+    du = jax.grad(lambda x: jnp.sum(bidirectional_fft_conv(x, jnp.asarray(kf), jnp.asarray(kb)) * g))(jnp.asarray(u))
+    gflat = g.reshape(-1, L, H)
+    ref_du = (direct_anticausal_conv(gflat, kf) + direct_causal_conv(gflat, kb)).reshape(u.shape)
+    assert_rel_close(du, ref_du, 1e-12)
+
+
 def kernel_by_powers(W, a, L):
     """K[h, l] = 2 Re sum_n W[h, n] a[h, n]^l with the powers multiplied out one by one."""
     K = np.zeros((W.shape[0], L))
@@ -355,6 +377,30 @@ def test_chunked_conv_matches_direct_convolutions(L, T):
     assert_rel_close(causal, direct_causal_conv(u, k_fwd), 1e-12)
     both = conv(jnp.asarray(u), jnp.asarray(log_a), jnp.asarray(W_fwd), jnp.asarray(W_bwd), chunk=T)
     assert_rel_close(both, direct_causal_conv(u, k_fwd) + direct_anticausal_conv(u, k_bwd), 1e-12)
+
+
+def test_chunked_conv_fused_chunk_scan_matches_xla_scan():
+    """The fused kernel (run by Pallas' interpreter) carrying the chunk states gives the direct
+    convolutions, and the same gradients as XLA's scan with respect to the input and the system.
+    5 chunks, the last one padded (the interpreter is slow: one case)."""
+    L, T = 37, 8
+    rng = np.random.default_rng(L * 10 + T)
+    H, N2 = 3, 4
+    log_a = -np.exp(rng.normal(size=(H, N2))) * 0.3 + 1j * rng.normal(size=(H, N2)) * 2
+    W_fwd, W_bwd = rng.normal(size=(2, H, N2)) + 1j * rng.normal(size=(2, H, N2))
+    u = rng.normal(size=(2, L, H))
+    k_fwd, k_bwd = kernel_by_powers(W_fwd, np.exp(log_a), L), kernel_by_powers(W_bwd, np.exp(log_a), L)
+    args = tuple(map(jnp.asarray, (u, log_a, W_fwd, W_bwd)))
+    y = jax.jit(chunked_ssm_conv, static_argnames=("chunk", "scan"))(*args, chunk=T, scan="fused_interpret")
+    assert_rel_close(y, direct_causal_conv(u, k_fwd) + direct_anticausal_conv(u, k_bwd), 1e-12)
+    g = jnp.asarray(rng.normal(size=u.shape))
+
+    def grads(scan):
+        loss = lambda u, log_a, W_fwd, W_bwd: jnp.sum(chunked_ssm_conv(u, log_a, W_fwd, W_bwd, chunk=T, scan=scan) * g)
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
+
+    for got, ref in zip(grads("fused_interpret"), grads("xla")):
+        assert_rel_close(got, ref, 1e-11)
 
 
 def test_chunk_toeplitz_by_definition():
@@ -409,6 +455,10 @@ def test_layer_matches_recurrence(L, discretization, bidirectional):
 )
 def test_chunked_layer_matches_recurrence(L, chunk_size, discretization, bidirectional):
     check_layer_against_recurrence(L, discretization, bidirectional, conv="chunked", chunk_size=chunk_size)
+
+
+def test_chunked_layer_with_fused_chunk_scan_matches_recurrence():
+    check_layer_against_recurrence(33, "zoh", True, conv="chunked", chunk_size=8, chunk_scan="fused_interpret")
 
 
 def check_layer_against_recurrence(L, discretization, bidirectional, **options):
@@ -523,8 +573,16 @@ def test_gradients_match_finite_differences(options):
         ({"conv": "direct"}, "'fft', 'chunked'"),
         ({"conv": "chunked", "chunk_size": 0}, "chunk_size must be a positive integer"),
         ({"conv": "chunked", "chunk_precision": "tf32"}, "'default', 'highest'"),
+        ({"conv": "chunked", "chunk_scan": "pallas"}, "'auto', 'xla', 'fused', 'fused_interpret'"),
     ],
 )
 def test_invalid_options_raise_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S4D(d_model=2, d_state=4, **kwargs)
+
+
+def test_fused_chunk_scan_off_a_gpu_names_the_xla_scan():
+    if jax.default_backend() == "gpu":
+        pytest.skip("the fused kernel runs here")
+    with pytest.raises(ValueError, match="use scan 'xla'"):
+        S4D(d_model=2, d_state=4, conv="chunked", chunk_scan="fused")
