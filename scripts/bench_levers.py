@@ -370,7 +370,10 @@ def glu_one_matmul(x, kernel, bias):
 
 def glu_two_matmuls(x, kernel, bias):
     """The same with the kernel's halves as two (H, H) products: the backward pass gets the two
-    halves' gradients as separate arrays instead of concatenating them into one (B, L, 2H)."""
+    halves' gradients as separate arrays instead of concatenating them into one (B, L, 2H).
+    Faster alone at Pathfinder and Path-X on an H200, but in the full step it won only at S4D
+    Path-X and lost about 20% at Pathfinder, where XLA made the kernel gradient a slow
+    multiply-transpose fusion (results/bench/NOTES.md, lever 14): not adopted."""
     H = x.shape[-1]
     act = jax.nn.gelu(x)
     return (act @ kernel[:, :H] + bias[:H]) * jax.nn.sigmoid(act @ kernel[:, H:] + bias[H:])

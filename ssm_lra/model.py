@@ -43,32 +43,6 @@ class Norm(nn.Module):
         return nn.LayerNorm()(x)
 
 
-class GatedLinear(nn.Module):
-    """A dense layer to 2 * features followed by a GLU, value * sigmoid(gate), computed as two
-    products with the kernel's halves.
-
-    The parameters are those of `nn.Dense(2 * features)` (kernel (in, 2 features), bias
-    (2 features), the same initializers), so checkpoints of either form load into the other. One
-    product to 2H would make the backward pass write the gradients of the two halves and then
-    concatenate them into a (B, L, 2H) array; with two products nothing is concatenated, which on
-    an H200 made the GELU-dense-GLU part about a third faster at Pathfinder (results/bench/NOTES.md,
-    lever 14).
-    """
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", nn.linear.default_kernel_init, (x.shape[-1], 2 * self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (2 * self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        H = self.features
-        value = x @ kernel[:, :H] + bias[:H]
-        gate = x @ kernel[:, H:] + bias[H:]
-        return value * jax.nn.sigmoid(gate)
-
-
 class OutputActivation(nn.Module):
     """What follows the SSM in a block: a nonlinearity and the position-wise output mixing.
 
@@ -89,8 +63,7 @@ class OutputActivation(nn.Module):
         y = y.astype(self.dtype)
         act = drop(nn.gelu(y))
         if self.kind == "glu":
-            # Named as nn.Dense would be auto-named: the parameter paths stay those of a Dense.
-            return drop(GatedLinear(self.d_model, dtype=self.dtype, name="Dense_0")(act))
+            return drop(nn.glu(nn.Dense(2 * self.d_model, dtype=self.dtype)(act), axis=-1))
         if self.kind == "half_glu1":
             return drop(act * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))
         if self.kind == "half_glu2":

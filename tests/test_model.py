@@ -221,33 +221,3 @@ def test_dual_real_inputs_and_init_batch():
     assert model.apply(variables, x, np.ones((2, 2, 16), np.float32)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"mask \(B, 2, L\)"):
         model.apply(variables, x[:, 0], np.ones((2, 16), np.float32))
-
-
-def test_gated_linear_is_a_dense_layer_then_a_glu():
-    """Same parameters (names, shapes, init values) as nn.Dense(2H), so checkpoints of either form
-    load into the other, and the same output as nn.Dense(2H) then a GLU, in float64 with random
-    parameters."""
-    import flax.linen as nn
-
-    from ssm_lra.model import GatedLinear
-
-    with jax.enable_x64(True):
-        _check_gated_linear(nn, GatedLinear)
-
-
-def _check_gated_linear(nn, GatedLinear):
-    H, key = 5, jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (2, 7, 3), jnp.float64)
-    gated, dense = GatedLinear(H), nn.Dense(2 * H)
-    p_gated, p_dense = gated.init(key, x), dense.init(key, x)
-    assert jax.tree.map(jnp.shape, p_gated) == jax.tree.map(jnp.shape, p_dense)
-    np.testing.assert_array_equal(p_gated["params"]["kernel"], p_dense["params"]["kernel"])
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    params = {"params": {"kernel": jax.random.normal(k1, (3, 2 * H), jnp.float64),
-                         "bias": jax.random.normal(k2, (2 * H,), jnp.float64)}}
-    ref = nn.glu(dense.apply(params, x), axis=-1)
-    got = GatedLinear(H, dtype=jnp.float64).apply(params, x)
-    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0)
-    # Dense(2H) then GLU is value * sigmoid(gate) with value the first H outputs.
-    value = x @ params["params"]["kernel"][:, :H] + params["params"]["bias"][:H]
-    assert not np.allclose(got, value)
