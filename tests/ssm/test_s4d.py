@@ -363,15 +363,21 @@ def kernel_by_powers(W, a, L):
     return K
 
 
-@pytest.mark.parametrize("L,T", [(1, 1), (9, 1), (16, 4), (37, 8), (37, 64), (50, 7)])
-def test_chunked_conv_matches_direct_convolutions(L, T):
-    """Chunks of every kind: one step, dividing L, not dividing it, longer than the sequence."""
-    rng = np.random.default_rng(L * 100 + T)
-    H, N2 = 3, 4
+def random_diagonal_system(rng, L: int, H: int = 3, N2: int = 4):
+    """A batch of 2 inputs (2, L, H), a stable diagonal system (log a, W forwards and backwards,
+    (H, N2) complex) and its two kernels (H, L) by powers."""
     log_a = -np.exp(rng.normal(size=(H, N2))) * 0.3 + 1j * rng.normal(size=(H, N2)) * 2
     W_fwd, W_bwd = rng.normal(size=(2, H, N2)) + 1j * rng.normal(size=(2, H, N2))
     u = rng.normal(size=(2, L, H))
     k_fwd, k_bwd = kernel_by_powers(W_fwd, np.exp(log_a), L), kernel_by_powers(W_bwd, np.exp(log_a), L)
+    return u, log_a, W_fwd, W_bwd, k_fwd, k_bwd
+
+
+@pytest.mark.parametrize("L,T", [(1, 1), (9, 1), (16, 4), (37, 8), (37, 64), (50, 7)])
+def test_chunked_conv_matches_direct_convolutions(L, T):
+    """Chunks of every kind: one step, dividing L, not dividing it, longer than the sequence."""
+    rng = np.random.default_rng(L * 100 + T)
+    u, log_a, W_fwd, W_bwd, k_fwd, k_bwd = random_diagonal_system(rng, L)
     conv = jax.jit(chunked_ssm_conv, static_argnames="chunk")
     causal = conv(jnp.asarray(u), jnp.asarray(log_a), jnp.asarray(W_fwd), chunk=T)
     assert_rel_close(causal, direct_causal_conv(u, k_fwd), 1e-12)
@@ -385,11 +391,7 @@ def test_chunked_conv_fused_chunk_scan_matches_xla_scan():
     5 chunks, the last one padded (the interpreter is slow: one case)."""
     L, T = 37, 8
     rng = np.random.default_rng(L * 10 + T)
-    H, N2 = 3, 4
-    log_a = -np.exp(rng.normal(size=(H, N2))) * 0.3 + 1j * rng.normal(size=(H, N2)) * 2
-    W_fwd, W_bwd = rng.normal(size=(2, H, N2)) + 1j * rng.normal(size=(2, H, N2))
-    u = rng.normal(size=(2, L, H))
-    k_fwd, k_bwd = kernel_by_powers(W_fwd, np.exp(log_a), L), kernel_by_powers(W_bwd, np.exp(log_a), L)
+    u, log_a, W_fwd, W_bwd, k_fwd, k_bwd = random_diagonal_system(rng, L)
     args = tuple(map(jnp.asarray, (u, log_a, W_fwd, W_bwd)))
     y = jax.jit(chunked_ssm_conv, static_argnames=("chunk", "scan"))(*args, chunk=T, scan="fused_interpret")
     assert_rel_close(y, direct_causal_conv(u, k_fwd) + direct_anticausal_conv(u, k_bwd), 1e-12)
