@@ -7,13 +7,14 @@ timed forward + backward at the presets' shapes, and checked to give the same re
 conv-layout: the bidirectional FFT convolution of S4/S4D (vjp with respect to the input and both
   kernels) at the S4D presets' shapes. The layers hold activations as (B, L, H); XLA's FFT
   transforms the minor-most axis, so an FFT along L makes XLA transpose around it.
-  `time-axis rfft` (ssm.conv.bidirectional_fft_conv, the default): rfft along axis -2 and irfft on
-  (B, L, H), the layout left to XLA;
+  `batch-paired complex` (ssm.conv.bidirectional_fft_conv, the default since lever 13): two
+  neighbouring sequences of the batch as one complex signal, forward complex FFTs only (measured
+  on the H200 in a first form that paired row b with row b + B/2: the same operations);
+  `time-axis rfft` (`rfft_circular_conv`, the default before it): rfft along axis -2 and irfft
+  on (B, L, H), the layout left to XLA;
   `channels-first rfft`: an explicit transpose to (B, H, L), FFTs along the last axis, and back;
   `time-axis packed`: forward complex FFTs of half the length only (`packed_circular_conv`
-  below), so no inverse real FFT, whose input copy and scaling pass XLA adds on a GPU;
-  `batch-paired complex`: two batch rows as one complex signal, forward complex FFTs of the full
-  length only (`paired_circular_conv`): no inverse FFT either, and nothing to untangle.
+  below), so no inverse real FFT either, but the real spectrum untangled in elementwise passes.
 scan: S5's time-invariant diagonal recurrence x_t = Lambda_bar x_{t-1} + B_bar u_t, forward and
   backward in time (bidirectional), vjp with respect to Lambda_bar and B_bar u, complex64, at the
   S5 / S5-PTD presets' (B, L, P) (P halved under conjugate symmetry), by each of `ssm_lra.ssm.scan`'s
@@ -152,26 +153,12 @@ def packed_circular_conv(u, k_circ, n: int):
     return unpack_pairs(y, L)
 
 
-def paired_circular_conv(u, k_circ, n: int):
-    """`ssm.conv._circular_conv` (same arguments, same result; u needs a batch axis, -3) by forward
-    complex FFTs of length n only.
-
-    Every batch row of a channel is convolved with the same real kernel, so two rows can travel
-    as the real and imaginary parts of one complex signal and come out as the real and imaginary
-    parts of the result, with nothing to untangle (unlike `packed_circular_conv`). The inverse
-    transform is conj(fft(conj(.))) with the 1/n folded into the kernel's spectrum; the backward
-    pass of a forward complex FFT is again one, so no inverse FFT (and none of the copy and the
-    scaling pass XLA adds around one on a GPU) runs at all.
-    """
-    B, L = u.shape[-3], u.shape[-2]
-    half = -(-B // 2)
-    pad = [(0, 0)] * u.ndim
-    pad[-3], pad[-2] = (0, 2 * half - B), (0, n - L)
-    u = jnp.pad(u, pad)
-    z = jax.lax.complex(u[..., :half, :, :], u[..., half:, :, :])  # (..., B/2, n, H)
-    k_f = jnp.fft.fft(k_circ.astype(z.dtype), n=n, axis=-1).T / n  # (n, H): the inverse FFT's 1/n included
-    y = jnp.fft.fft(jnp.conj(jnp.fft.fft(z, axis=-2) * k_f), axis=-2)[..., :L, :]  # conj of the result
-    return jnp.concatenate([y.real, -y.imag], axis=-3)[..., :B, :, :]
+def rfft_circular_conv(u, k_circ, n: int):
+    """`ssm.conv._circular_conv` as it was before lever 13: rfft along time, irfft back."""
+    L = u.shape[-2]
+    u_f = jnp.fft.rfft(u, n=n, axis=-2)  # (..., n//2+1, H)
+    k_f = jnp.fft.rfft(k_circ, n=n, axis=-1).T  # (n//2+1, H)
+    return jnp.fft.irfft(u_f * k_f, n=n, axis=-2)[..., :L, :]
 
 
 def conv_channels_first(u, k_circ, n):
@@ -387,10 +374,10 @@ LEVERS = {
         "shapes": [("listops", 50, 2048, 256), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
         "inputs": conv_inputs,
         "variants": {
-            "time-axis rfft (default)": bidirectional_fft_conv,
+            "batch-paired complex (default)": bidirectional_fft_conv,
+            "time-axis rfft": bidirectional_conv(rfft_circular_conv),
             "channels-first rfft": bidirectional_conv(conv_channels_first),
             "time-axis packed": bidirectional_conv(packed_circular_conv),
-            "batch-paired complex": bidirectional_conv(paired_circular_conv),
         },
     },
     "scan": {

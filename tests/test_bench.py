@@ -284,8 +284,8 @@ def test_real_vs_random_windows_skip_evaluations_and_compare_medians():
 @pytest.mark.parametrize(
     "lever, dims, rtol",
     [
-        ("conv-layout", (2, 37, 3), 1e-5),  # the packed and paired FFT forms exist only in the script
-        ("conv-layout", (3, 20, 2), 1e-5),  # an odd batch: the paired form pads a zero row
+        ("conv-layout", (2, 37, 3), 1e-5),  # the rfft and packed FFT forms exist only in the script
+        ("conv-layout", (3, 20, 2), 1e-5),  # an odd batch: the default pairs it with a zero row
         ("glu", (2, 7, 4), 1e-5),
         # float32: the Cauchy route's gradient with respect to log_dt is itself about 1e-3 from
         # float64 (the powers route's 1e-5); tests/ssm/test_s4.py compares the two in float64.

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ssm_lra.ssm.sharding import batch_parallel
 
 __all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel"]
 
@@ -58,30 +61,67 @@ def fft_length(L: int) -> int:
     return 1 << max(0, (2 * int(L) - 1).bit_length())
 
 
+def _fft_rows_of(z):
+    """The FFT along axis -2 of z (B, n, H) complex. With several devices each transforms only
+    its own rows: XLA's partitioner would otherwise gather a batch-sharded z onto every device
+    (sharding.batch_parallel)."""
+    if jax.device_count() == 1:
+        return jnp.fft.fft(z, axis=-2)
+    return batch_parallel(lambda x: jnp.fft.fft(x, axis=-2), "b n h -> b n h")(z)
+
+
+@jax.custom_vjp
+def _fft_rows(z):
+    return _fft_rows_of(z)
+
+
+# The DFT matrix is symmetric, so the transpose of the FFT (what a vjp applies, unconjugated in
+# JAX's convention for complex linear maps) is the FFT itself.
+_fft_rows.defvjp(lambda z: (_fft_rows_of(z), None), lambda _, g: (_fft_rows_of(g),))
+
+
 def _circular_conv(u, k_circ, n: int):
     """Circular convolution of u (..., L, H), zero-padded to n, with a kernel (H, n) (or shorter,
     zero-padded); returns the first L outputs.
 
-    Every sequence of the batch meets the same real kernel in a channel, so two sequences travel
-    as the real and imaginary parts of one complex signal and come out as the real and imaginary
-    parts of the result. Only forward complex FFTs run: the inverse transform is
-    conj(fft(conj(.))) with its 1/n folded into the kernel's spectrum, and the backward pass of a
-    forward FFT is again one. On an H200 this is about a quarter faster than rfft and irfft
+    Every sequence of the batch meets the same real kernel in a channel, so two neighbouring
+    sequences travel as the real and imaginary parts of one complex signal and come out as the
+    real and imaginary parts of the result. Only forward complex FFTs run: the inverse transform
+    is conj(fft(conj(.))) with its 1/n folded into the kernel's spectrum, and the backward pass of
+    a forward FFT is again one. On an H200 this is about a quarter faster than rfft and irfft
     (results/bench/NOTES.md, lever 13): XLA runs each irfft as an input copy, the transform and a
-    separate scaling pass. The pairing costs a sequence float32 rounding relative to its partner's
-    scale rather than its own, which the normalized activations of a batch make alike.
+    separate scaling pass. Neighbours (rows 2i, 2i + 1) rather than far rows are paired so that a
+    batch split across devices keeps each pair on one device (`_pairs_stay_on_one_device`). The
+    pairing costs a sequence float32 rounding relative to its partner's scale rather than its
+    own, which the normalized activations of a batch make alike.
     """
     if u.ndim < 3:
         return _circular_conv(u[None], k_circ, n)[0]
-    B, L = u.shape[-3], u.shape[-2]
-    half = -(-B // 2)  # an odd batch gets a zero partner
-    pad = [(0, 0)] * u.ndim
-    pad[-3], pad[-2] = (0, 2 * half - B), (0, n - L)
-    u = jnp.pad(u, pad)
-    z = lax.complex(u[..., :half, :, :], u[..., half:, :, :])  # (..., B/2, n, H)
+    *lead, B, L, H = u.shape
+    u = jnp.pad(u.reshape((-1, B, L, H)), [(0, 0), (0, 0), (0, n - L), (0, 0)])
+    paired = _pairs_stay_on_one_device(B)
+    if paired:
+        half = -(-B // 2)  # an odd batch gets a zero partner
+        pairs = jnp.pad(u, [(0, 0), (0, 2 * half - B), (0, 0), (0, 0)]).reshape((-1, 2, n, H))
+        z = lax.complex(pairs[:, 0], pairs[:, 1])  # rows (2i, 2i + 1) of every leading index
+    else:
+        z = lax.complex(u, jnp.zeros_like(u)).reshape((-1, n, H))
     k_f = jnp.fft.fft(k_circ.astype(z.dtype), n=n, axis=-1).T / n  # (n, H)
-    y = jnp.fft.fft(jnp.conj(jnp.fft.fft(z, axis=-2) * k_f), axis=-2)[..., :L, :]  # conj(result)
-    return jnp.concatenate([y.real, -y.imag], axis=-3)[..., :B, :, :]
+    y = _fft_rows(jnp.conj(_fft_rows(z) * k_f))[:, :L, :]  # conj(result)
+    if paired:
+        y = jnp.stack([y.real, -y.imag], axis=1).reshape((-1, 2 * half, L, H))[:, :B]
+    else:
+        y = y.real
+    return y.reshape((*lead, B, L, H))
+
+
+def _pairs_stay_on_one_device(B: int) -> bool:
+    """Whether neighbouring rows of a batch of B are on one device. Training splits the batch
+    evenly over all devices (engine.distributed), so with D > 1 devices each holds B / D rows,
+    and pairs straddle two devices when that is odd: then every row goes alone (twice the FFT
+    work, but no data moves between devices)."""
+    D = jax.device_count()
+    return D == 1 or B % (2 * D) == 0
 
 
 def causal_fft_conv(u, k):

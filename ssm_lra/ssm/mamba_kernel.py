@@ -33,7 +33,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssm_lra.ssm.pallas_common import batch_parallel, compiler_params, next_power_of_two, pad_axis, round_up
+from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
+from ssm_lra.ssm.sharding import batch_parallel
 
 __all__ = ["selective_scan_fused"]
 

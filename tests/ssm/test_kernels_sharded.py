@@ -1,7 +1,8 @@
-"""The fused scan kernels under data parallelism: on two CPU devices, with the batch sharded,
-each device runs the kernel on its own share (no input gathered onto every device), and values
-and gradients equal the one-device run. The kernels run through Pallas' interpreter here; on a
-GPU the same partitioning rule (pallas_common.batch_parallel) splits the Triton calls."""
+"""The fused scan kernels and the FFT convolution under data parallelism: on two CPU devices,
+with the batch sharded, each device runs the kernel or the FFTs on its own share (no input
+gathered onto every device), and values and gradients equal the one-device run. The kernels run
+through Pallas' interpreter here; on a GPU the same partitioning rule (sharding.batch_parallel)
+splits the Triton calls and the FFTs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.mamba import batched_selective_scan
+from ssm_lra.ssm.conv import bidirectional_fft_conv
 
 assert jax.device_count() == 2
 mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -28,6 +30,9 @@ cases = {
                rng.normal(size=(Bz, L, N)), rng.normal(size=(Bz, L, N)), rng.normal(size=E)]),
     "lti": (lambda *a: lti_scan_fused(*a, interpret=True, reverse=True, chunk=4),
             [rng.uniform(0.5, 0.9, size=E), rng.uniform(-0.3, 0.3, size=E), rng.normal(size=(Bz, L, E)), rng.normal(size=(Bz, L, E))]),
+    # 4 rows: two a device, paired as one complex signal; 6 rows: three a device, each alone.
+    "fft_paired": (bidirectional_fft_conv, [rng.normal(size=(4, L, E)), rng.normal(size=(E, L)), rng.normal(size=(E, L))]),
+    "fft_alone": (bidirectional_fft_conv, [rng.normal(size=(6, L, E)), rng.normal(size=(E, L)), rng.normal(size=(E, L))]),
 }
 for name, (fn, inputs) in cases.items():
     inputs = [jnp.asarray(x, jnp.float32) for x in inputs]
@@ -48,7 +53,7 @@ def test_fused_kernels_split_the_batch_across_devices():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
-    assert set(results) == {"mamba", "lti"}
+    assert set(results) == {"mamba", "lti", "fft_paired", "fft_alone"}
     for name, result in results.items():
         worst, gathers = result.split()
         assert float(worst) < 1e-5, (name, worst)

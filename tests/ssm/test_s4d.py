@@ -331,11 +331,16 @@ def test_bidirectional_fft_conv_matches_two_direct_convs(L):
     assert_rel_close(y0, causal_fft_conv(jnp.asarray(u), jnp.asarray(kf)), 1e-12)
 
 
+@pytest.mark.parametrize("paired", [True, False])
 @pytest.mark.parametrize("batch", [(), (1,), (3,), (2, 5)])
-def test_fft_conv_any_batch_shape_matches_direct(batch):
-    """The convolution pairs sequences of the batch axis (-3) as real and imaginary parts: an odd
-    batch, a single sequence, no batch axis and extra leading axes all give each sequence's own
-    convolution, and the gradient is each sequence's own too."""
+def test_fft_conv_any_batch_shape_matches_direct(batch, paired, monkeypatch):
+    """The convolution pairs sequences of the batch axis (-3) as real and imaginary parts (or,
+    where a pair would straddle two devices, sends each alone): an odd batch, a single sequence,
+    no batch axis and extra leading axes all give each sequence's own convolution, and the
+    gradient is each sequence's own too."""
+    from ssm_lra.ssm import conv
+
+    monkeypatch.setattr(conv, "_pairs_stay_on_one_device", lambda B: paired)
     rng = np.random.default_rng(300 + len(batch))
     L, H = 13, 2
     u = rng.normal(size=(*batch, L, H))
