@@ -38,9 +38,7 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel.
 glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
   the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
-  model.OutputActivation computes it with glu_kernel=xla) against `two (H, H) matmuls` on the
-  kernel's halves and (on a GPU) `fused R x C x K wW sS`, ssm_lra.glu_kernel with R rows and C
-  columns per program, K-wide product steps, W warps and S pipeline stages.
+  model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
 s5-projections: S5's input and output projections, B_bar u and Re(C x), at the S5 / S5-PTD
   presets' shapes: `complex` (einsums on complex arrays, u promoted to complex) against `real`
   (the real and imaginary parts as real matmuls: half the multiplications, no complex copy of u).
@@ -67,7 +65,6 @@ from ssm_lra.atomic import write_text
 from ssm_lra.bench.measure import time_calls
 from ssm_lra.bench.report import device_slug, markdown_table
 from ssm_lra.bench.roofline import summarize_times
-from ssm_lra.glu_kernel import gelu_dense_glu
 from ssm_lra.ssm import scan
 from ssm_lra.ssm.conv import bidirectional_circular_kernel, bidirectional_fft_conv, fft_length
 from ssm_lra.ssm.hippo import dplr_legs
@@ -369,19 +366,6 @@ def glu_two_matmuls(x, kernel, bias):
     return (act @ kernel[:, :H] + bias[:H]) * jax.nn.sigmoid(act @ kernel[:, H:] + bias[H:])
 
 
-# Tile settings of the fused kernels tried on a GPU: rows, columns, k step, warps, stages.
-GLU_TILES = [(64, 128, 32, 4, 2), (128, 128, 32, 8, 2), (64, 64, 32, 4, 3), (128, 64, 64, 4, 3), (32, 128, 32, 4, 2)]
-
-
-def glu_variants(B, L, H):
-    variants = {"one (H, 2H) matmul": glu_one_matmul, "two (H, H) matmuls": glu_two_matmuls}
-    if fused_scan_available():  # the interpreter would take hours at these shapes
-        for rows, cols, k, warps, stages in GLU_TILES:
-            variants[f"fused {rows}x{cols}x{k} w{warps} s{stages}"] = partial(
-                gelu_dense_glu, block_rows=rows, block_cols=cols, block_k=k, num_warps=warps, num_stages=stages)
-    return variants
-
-
 LEVERS = {
     "conv-layout": {
         "title": "FFT convolution: layout and transforms (bidirectional, S4D shapes)",
@@ -447,7 +431,7 @@ LEVERS = {
         # The S4 / S4D presets' training shapes.
         "shapes": [("listops", 50, 2048, 128), ("pathfinder", 64, 1024, 256), ("pathx", 16, 16384, 256)],
         "inputs": glu_inputs,
-        "variants_for": glu_variants,
+        "variants": {"one (H, 2H) matmul": glu_one_matmul, "two (H, H) matmuls": glu_two_matmuls},
     },
     "s5-projections": {
         "title": "S5 input and output projections",

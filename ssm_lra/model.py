@@ -16,7 +16,6 @@ from ssm_lra.errors import ConfigError
 from ssm_lra.ssm import mixer_class
 
 NORMS = ("batch", "layer")
-GLU_KERNELS = ("auto", "xla", "fused", "fused_interpret")
 ACTIVATIONS = ("glu", "half_glu1", "half_glu2", "gelu", "none")
 POOLINGS = ("mean", "last")
 
@@ -55,17 +54,12 @@ class OutputActivation(nn.Module):
     d_model: int
     dropout: float
     dtype: Any = jnp.float32  # compute dtype of the dense layers (parameters stay float32)
-    glu_kernel: str = "xla"  # "glu" only: xla | fused | fused_interpret (see resolve_glu_kernel)
 
     @nn.compact
     def __call__(self, y, train: bool):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         if self.kind == "none":
             return drop(y)
-        if self.kind == "glu" and self.glu_kernel != "xla":
-            # Same parameters, same names, same initial values as the nn.Dense below.
-            interpret = self.glu_kernel == "fused_interpret"
-            return FusedGeluDenseGLU(2 * self.d_model, interpret, name="Dense_0")(y)
         y = y.astype(self.dtype)
         act = drop(nn.gelu(y))
         if self.kind == "glu":
@@ -77,21 +71,6 @@ class OutputActivation(nn.Module):
         return drop(nn.Dense(self.d_model, dtype=self.dtype)(act))
 
 
-class FusedGeluDenseGLU(nn.Module):
-    """GELU, nn.Dense(features) and the GLU by the fused kernels of `glu_kernel` (float32, no dropout)."""
-
-    features: int
-    interpret: bool = False
-
-    @nn.compact
-    def __call__(self, y):
-        from ssm_lra.glu_kernel import gelu_dense_glu
-
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (y.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return gelu_dense_glu(y, kernel, bias, interpret=self.interpret)
-
-
 class ResidualBlock(nn.Module):
     mixer: str
     mixer_config: Mapping[str, Any]
@@ -101,7 +80,6 @@ class ResidualBlock(nn.Module):
     activation: str
     dropout: float
     dtype: Any = jnp.float32
-    glu_kernel: str = "xla"
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
@@ -113,7 +91,7 @@ class ResidualBlock(nn.Module):
             # Re-zero the padding: normalization maps zeros to nonzero values a mixer would read.
             x = Norm(self.norm)(x, mask, train) * keep
         x = mixer_class(self.mixer)(d_model=self.d_model, **self.mixer_config)(x, mask=mask)
-        x = OutputActivation(self.activation, self.d_model, self.dropout, self.dtype, self.glu_kernel)(x, train)
+        x = OutputActivation(self.activation, self.d_model, self.dropout, self.dtype)(x, train)
         x = x.astype(skip.dtype) + skip
         if not self.prenorm:
             x = Norm(self.norm)(x, mask, train)
@@ -149,7 +127,6 @@ class SequenceClassifier(nn.Module):
     pooling: str = "mean"
     dual: bool = False
     dtype: Any = jnp.float32  # compute dtype of the non-SSM dense layers (bfloat16: mixed precision)
-    glu_kernel: str = "xla"
 
     @nn.compact
     def __call__(self, inputs, mask, train: bool = False):
@@ -174,7 +151,6 @@ class SequenceClassifier(nn.Module):
                 self.activation,
                 self.dropout,
                 self.dtype,
-                self.glu_kernel,
                 name=f"block_{i}",
             )(x, mask, train)
         pooled = masked_mean(x, mask) if self.pooling == "mean" else last_valid(x, mask)
@@ -187,36 +163,6 @@ class SequenceClassifier(nn.Module):
 
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def resolve_glu_kernel(choice: str, activation: str, d_model: int, dropout: float, precision: str) -> str:
-    """How the "glu" output stage runs: "xla" (GELU, nn.Dense, nn.glu) or the fused kernels of
-    `ssm_lra.glu_kernel` ("fused"; "fused_interpret" runs them through Pallas' interpreter).
-    "auto" is the kernels where they compile (a GPU) and apply (float32, no dropout, d_model a
-    power of two), else xla. Raises ConfigError when "fused" is asked for where it cannot run."""
-    from ssm_lra.glu_kernel import fits_kernel
-    from ssm_lra.ssm.pallas_common import fused_scan_available
-
-    if choice not in GLU_KERNELS:
-        raise ConfigError(f"model.glu_kernel={choice!r} is not one of {list(GLU_KERNELS)}.")
-    if activation != "glu" or choice == "xla":
-        return "xla"
-    blockers = []
-    if not fits_kernel(d_model):
-        blockers.append(f"model.d_model={d_model} is not a power of two of at least 16")
-    if dropout > 0:
-        blockers.append(f"model.dropout={dropout} (the kernels have no dropout)")
-    if precision != "float32":
-        blockers.append(f"trainer.precision={precision} (the kernels run float32)")
-    if choice == "fused" and not fused_scan_available():
-        blockers.append(f"they run on a GPU (Pallas' Triton backend), and JAX's backend is {jax.default_backend()!r}")
-    if choice == "auto":
-        return "fused" if not blockers and fused_scan_available() else "xla"
-    if blockers:
-        raise ConfigError(
-            f"model.glu_kernel={choice} cannot run here: {'; '.join(blockers)}. Use model.glu_kernel=xla or auto."
-        )
-    return choice
 
 
 def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") -> SequenceClassifier:
@@ -236,10 +182,6 @@ def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") 
         raise ConfigError(f"model.dropout={model_cfg['dropout']} must be in [0, 1).")
     from ssm_lra.ssm import check_mixer_config
 
-    glu_kernel = resolve_glu_kernel(
-        model_cfg.get("glu_kernel", "auto"), model_cfg["activation"], int(model_cfg["d_model"]),
-        float(model_cfg["dropout"]), precision,
-    )
     mixer_config = dict(model_cfg["mixer"])
     check_mixer_config(model_cfg["name"], int(model_cfg["d_model"]), mixer_config)
     return SequenceClassifier(
@@ -256,5 +198,4 @@ def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") 
         pooling=model_cfg["pooling"],
         dual=bool(getattr(spec, "dual", False)),
         dtype=PRECISIONS[precision],
-        glu_kernel=glu_kernel,
     )

@@ -32,17 +32,16 @@ def check_fused_scan_runs(fallback: str) -> None:
         )
 
 
-def compiler_params(interpret: bool, num_warps: int, num_stages: int = 1):
-    """Triton settings (none when interpreted). One stage by default: the scan kernels' loops are
-    sequential recurrences, whose loads they issue a chunk ahead themselves; matmul kernels
-    pipeline their loads over more stages."""
+def compiler_params(interpret: bool, num_warps: int):
+    """Triton settings (none when interpreted). One stage: the kernels' loops are sequential
+    recurrences, whose loads they issue a chunk ahead themselves."""
     if interpret:
         return None
     from jax.experimental.pallas import triton as plgpu
 
     # TritonCompilerParams is the older name of the same settings.
     params = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
-    return params(num_warps=num_warps, num_stages=num_stages)
+    return params(num_warps=num_warps, num_stages=1)
 
 
 def pad_axis(x, axis: int, size: int):
