@@ -110,6 +110,9 @@ def check_config(cfg: DictConfig) -> Plan:
     spec = task_spec(task_cfg)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), spec, trainer.get("precision", "float32"))
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    from ssm_lra.data.pipeline import check_in_memory_mode
+
+    check_in_memory_mode(data_cfg.get("in_memory", "auto"))
     return Plan(cfg=cfg, task=task_cfg, data=data_cfg, trainer=trainer, spec=spec, model=model)
 
 
