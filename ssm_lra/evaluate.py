@@ -133,11 +133,13 @@ def load_run(run_dir: str | Path, kind: str = "best", overrides: Sequence[str] =
     import jax
 
     from ssm_lra.engine.checkpoint import Checkpoints
-    from ssm_lra.engine.setup import build_state
+    from ssm_lra.engine.setup import build_state, enable_compilation_cache
 
     run_dir = Path(run_dir).expanduser().resolve()  # orbax wants absolute paths
     choice("checkpoint", kind, CHECKPOINT_KINDS)
     plan = run_plan(run_dir, overrides)
+    # The run's own compilation cache: evaluating a Path-X model then loads the compiled step.
+    enable_compilation_cache(plan.trainer.get("compilation_cache"))
     require_checkpoint(run_dir, kind)
     data = None
     if with_data:
