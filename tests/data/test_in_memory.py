@@ -97,3 +97,12 @@ def test_prepared_tfds_split_held_in_memory(tmp_path):
     held = InMemorySplit(source, data.spec.seq_len, data.spec.tokens, data.spec.dual)
     for kwargs in (dict(train=True, seed=1), dict(train=False)):
         assert_same_batches(batches(held, data.spec, 2, **kwargs), batches(source, data.spec, 2, **kwargs))
+
+
+def test_bad_in_memory_setting_is_a_config_error_before_any_data_is_read():
+    from ssm_lra.engine.setup import check_config
+    from tests.test_configs import composed
+
+    check_config(composed(["data.in_memory=false", "logger=none"]))
+    with pytest.raises(ConfigError, match="data.in_memory='yes'"):
+        check_config(composed(["data.in_memory=yes", "logger=none"]))
