@@ -1,5 +1,9 @@
 """One compilation cache for the whole test session: the end-to-end tests start many training
-processes of the same tiny models, and each would otherwise compile them again."""
+processes of the same tiny models, and each would otherwise compile them again. The test processes
+themselves (each xdist worker) use the same folder, so that a program compiled by one test (the
+same train step in several engine tests, an eval step a training subprocess already compiled) is
+loaded instead of compiled again by the next. Nothing outlives the session: the folder is new and
+removed at the end (unless SSM_LRA_COMPILATION_CACHE was set by the caller)."""
 
 import os
 import shutil
@@ -8,12 +12,23 @@ import tempfile
 _OWNED = []
 
 
+def _is_xdist_controller(config) -> bool:
+    """The process that only hands tests to xdist workers (it runs none, so needs no JAX)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
 def pytest_configure(config):
     # xdist workers inherit the controller's environment, so only the controller makes the folder.
     if "SSM_LRA_COMPILATION_CACHE" not in os.environ and not hasattr(config, "workerinput"):
         folder = tempfile.mkdtemp(prefix="ssm_lra-test-compilation-")
         os.environ["SSM_LRA_COMPILATION_CACHE"] = folder
         _OWNED.append(folder)
+    if not _is_xdist_controller(config):
+        # Before any test compiles anything: JAX decides once, at the first compilation, whether
+        # the persistent cache is on.
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["SSM_LRA_COMPILATION_CACHE"])
 
 
 def pytest_unconfigure(config):

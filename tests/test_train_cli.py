@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trained_run import shared_multirun
+from tests.trained_run import shared_listops_smoke_run, shared_multirun, shared_smoke_run
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {
@@ -31,8 +31,10 @@ SUMMARY_KEYS = {
 
 
 # Runs that test the runner (signals, resume, a model's wiring) rather than the data: 64 tokens
-# instead of the tiny ListOps' 256 halve their time on CPU (mostly compilation and evaluation).
-SHORT = "task.seq_len=64"
+# instead of the tiny ListOps' 256 shorten their compilation and steps on CPU. With data.tiny
+# (trainer=smoke) the task's `tiny` values replace the full ones, so the length is set there
+# (`task.seq_len=64` would be replaced by tiny.seq_len, 256).
+SHORT = "task.tiny.seq_len=64"
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +65,14 @@ def check_summary(run_dir):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(cache_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = train(["trainer=smoke", f"hydra.run.dir={run_dir}"], cache_dir, REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
+def smoke_run(tmp_path_factory):
+    """`trainer=smoke` with the default model, task and logger: (run directory, stdout, stderr).
+    Trained once per session, also under xdist (several tests here compare against it)."""
+    return shared_listops_smoke_run(tmp_path_factory)
 
 
 def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
-    run_dir, result = smoke_run
+    run_dir, stdout, stderr = smoke_run
     summary = check_summary(run_dir)
     assert summary["model"] == "s4d" and summary["task"] == "listops" and summary["steps"] == 4
     records = read_metrics(run_dir)
@@ -83,8 +84,8 @@ def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline and summary["wandb_run_id"] in offline[0].name
     assert list((run_dir / "figures").glob("*.png"))  # learning curves drawn and logged (logger.figures=curves)
-    assert "Traceback" not in result.stderr
-    assert "Tried to log to step" not in result.stdout + result.stderr  # W&B steps stay monotonic
+    assert "Traceback" not in stderr
+    assert "Tried to log to step" not in stdout + stderr  # W&B steps stay monotonic
 
 
 def test_help_and_cfg_job(cache_dir, tmp_path):
@@ -128,7 +129,7 @@ def finish(procs, codes=(0, 0)):
 def test_two_processes_of_a_slurm_job_train_as_one_multi_host_run(smoke_run, cache_dir, tmp_path):
     """Multi-host: two processes with SLURM's environment join through jax.distributed (gloo on CPU),
     each reads its half of every batch, and together they match the 1-device run."""
-    one_dir, _ = smoke_run
+    one_dir, *_ = smoke_run
     run_dir = tmp_path / "run"
     finish(slurm_job(["trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, os.getpid()))
     summary = check_summary(run_dir)
@@ -251,7 +252,10 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
         "trainer.eval_every_steps=40", "model.dropout=0.1", "logger=none", f"trainer.compilation_cache={compiled}",
     ]
     whole_dir, run_dir = tmp_path / "whole", tmp_path / "run"
-    whole = train([*args, f"hydra.run.dir={whole_dir}"], cache_dir, tmp_path, popen=True)  # runs alongside
+    # The uninterrupted run first: it compiles the steps, which the interrupted run then loads
+    # (two runs compiling the same steps side by side would only compete for the CPU).
+    whole = train([*args, f"hydra.run.dir={whole_dir}"], cache_dir, tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
     proc = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, popen=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -273,7 +277,6 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
     assert f"Resuming from {run_dir / 'checkpoints' / 'latest'} at step {stopped_at}." in resumed.stdout
     train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
     assert sorted(train_steps) == list(range(1, 151))  # every step trained exactly once
-    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
 
     interrupted, uninterrupted = check_summary(run_dir), check_summary(whole_dir)
     assert {k: interrupted[k] for k in EXACT_KEYS} == {k: uninterrupted[k] for k in EXACT_KEYS}
@@ -288,7 +291,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
 
 def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_dir, tmp_path):
     """Data parallel over 2 (host-platform) devices: same loss trajectory as the 1-device smoke run."""
-    one_dir, _ = smoke_run
+    one_dir, *_ = smoke_run
     run_dir = tmp_path / "run"
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = train(["trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, extra_env=env)
@@ -334,11 +337,16 @@ def test_every_model_trains_a_smoke_run(model, cache_dir, tmp_path):
 
 
 @pytest.mark.parametrize("task,seq_len", [("pathfinder", 1024), ("pathx", 16384)])
-def test_pathfinder_tasks_generate_and_train_a_smoke_run(task, seq_len, cache_dir, tmp_path):
+def test_pathfinder_tasks_generate_and_train_a_smoke_run(task, seq_len, cache_dir, tmp_path, tmp_path_factory):
     """Generated (tiny, seeded) Pathfinder / Path-X data through the release layout, prepared and trained."""
-    run_dir = tmp_path / "run"
-    result = train([f"task={task}", "trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    if task == "pathfinder":
+        # `task=pathfinder trainer=smoke logger=none` is exactly the session's shared smoke run
+        # (tests/trained_run.py), which the inspection tests train anyway: check that one.
+        run_dir, cache_dir = shared_smoke_run(tmp_path_factory)
+    else:
+        run_dir = tmp_path / "run"
+        result = train([f"task={task}", "trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
     summary = check_summary(run_dir)
     assert summary["task"] == task and summary["seq_len"] == seq_len and summary["steps"] == 4
     assert list((cache_dir / "generated").glob(f"{task}-*/curv_contour_length_14/metadata/0.npy"))

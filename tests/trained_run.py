@@ -4,6 +4,8 @@ others wait and reuse it):
 
 - `shared_smoke_run`: a `trainer=smoke` Pathfinder run (real-valued inputs, so every inspection
   command applies: evaluate, robustness, inspect_kernels, preview);
+- `shared_listops_smoke_run`: the default `trainer=smoke` run (S4D on ListOps, W&B offline), which
+  the single-device reference of the multi-device tests and the smoke test itself read;
 - `shared_multirun`: a Hydra multirun of two ListOps smoke runs (seeds 0 and 1), for the multirun
   and the results-table tests."""
 
@@ -37,6 +39,8 @@ def _shared(tmp_path_factory, name: str, args: list[str], done: str) -> tuple[Pa
             cmd = [sys.executable, "-m", "ssm_lra.train", *(a.format(out=out_dir) for a in args)]
             result = subprocess.run(cmd, cwd=REPO, env=run_env(cache_dir), capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stderr[-3000:]
+            (shared / "stdout.txt").write_text(result.stdout)
+            (shared / "stderr.txt").write_text(result.stderr)
     return out_dir, cache_dir
 
 
@@ -48,6 +52,12 @@ def shared_smoke_run(tmp_path_factory) -> tuple[Path, Path]:
         ["trainer=smoke", "task=pathfinder", "logger=none", "hydra.run.dir={out}"],
         "summary.json",
     )
+
+
+def shared_listops_smoke_run(tmp_path_factory) -> tuple[Path, str, str]:
+    """(run directory, stdout, stderr) of the shared default smoke run."""
+    out_dir, _ = _shared(tmp_path_factory, "listops_smoke_run", ["trainer=smoke", "hydra.run.dir={out}"], "summary.json")
+    return out_dir, (out_dir.parent / "stdout.txt").read_text(), (out_dir.parent / "stderr.txt").read_text()
 
 
 def shared_multirun(tmp_path_factory) -> Path:

@@ -290,17 +290,25 @@ def test_fused_scan_matches_loop_and_its_gradients_match_xla():
     # must change nothing, forward or backward.
     u, dt, A, B, C, D = random_scan_inputs(2, 19, 5, 3, seed=6)
     args = tuple(jnp.asarray(v) for v in (u, dt, A, B, C, D))
-    y = jax.jit(lambda *a: selective_scan_fused(*a, interpret=True))(*args)
+    cotangent = jnp.asarray(np.random.default_rng(7).normal(size=(2, 19, 5)))
+
+    @jax.jit
+    def fused_value_and_grads(*args):
+        # The kernel's output and the gradients of sum(y * cotangent) from one program: the
+        # interpreted kernels are slow to compile, and the gradient's program holds the forward.
+        # (In float64, batched_selective_scan's fused route is selective_scan_fused(..., interpret=True)
+        # on the arguments as given.)
+        y, pullback = jax.vjp(lambda *a: batched_selective_scan(*a, scan="fused_interpret"), *args)
+        return y, pullback(cotangent)
+
+    y, fused_grads = fused_value_and_grads(*args)
     assert y.shape == (2, 19, 5) and y.dtype == jnp.float64
     for i in range(2):
         assert_rel_close(y[i], loop_selective_scan(u[i], dt[i], A, B[i], C[i], D), 1e-12)
-    cotangent = jnp.asarray(np.random.default_rng(7).normal(size=y.shape))
-
-    def grads(scan):
-        loss = lambda *a: jnp.sum(batched_selective_scan(*a, scan=scan) * cotangent)
-        return jax.jit(jax.grad(loss, argnums=tuple(range(6))))(*args)
-
-    for g_fused, g_xla in zip(grads("fused_interpret"), grads("xla")):
+    xla_loss = lambda *a: jnp.sum(batched_selective_scan(*a, scan="xla") * cotangent)
+    xla_grads = jax.jit(jax.grad(xla_loss, argnums=tuple(range(6))))(*args)
+    assert len(fused_grads) == len(xla_grads) == 6
+    for g_fused, g_xla in zip(fused_grads, xla_grads):
         assert g_fused.shape == g_xla.shape
         assert_rel_close(g_fused, g_xla, 1e-11)
 
