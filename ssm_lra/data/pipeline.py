@@ -48,13 +48,6 @@ def finish_inputs(
     return padded.astype(np.float32) * np.float32(scale), mask
 
 
-def pad_sequences(
-    sequences: Sequence, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Truncate or zero-pad each sequence to `seq_len`: (inputs, mask of the real positions), stacked."""
-    return finish_inputs(*pad_compact(sequences, seq_len, tokens), seq_len, tokens, scale, offset)
-
-
 def input_keys(dual: bool) -> tuple[str, ...]:
     return ("inputs1", "inputs2") if dual else ("inputs",)
 
@@ -86,6 +79,8 @@ def collate(
 def pad_example(example: dict, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0, dual: bool = False) -> dict:
     """One example as fixed-shape arrays (`collate` of a batch of one, without the batch axis)."""
     return {key: value[0] for key, value in collate([example], seq_len, tokens, scale, offset, dual).items()}
+
+
 def read_examples(source: Sequence, indices: np.ndarray) -> list:
     """source[i] for each index, through the source's batch read where it has one (TFDS's data sources)."""
     indices = [int(i) for i in indices]
