@@ -226,6 +226,9 @@ def test_bench_smoke_end_to_end(tmp_path):
         assert step["seq_per_s"] == pytest.approx(4 / times["median"])
         assert step["tokens_per_s"] == pytest.approx(4 * 64 / times["median"])
         assert step["back_to_back_seq_per_s"] == pytest.approx(4 / step["back_to_back_step_s"])
+        rounds = step["back_to_back_rounds_s"]
+        assert len(rounds) == 3 and step["back_to_back_steps"] == 3
+        assert step["back_to_back_step_s"] == pytest.approx(sorted(rounds)[1] / 3)
         # No bound against the waited steps: on a loaded CPU either can be the slower.
         assert 0 < step["back_to_back_step_s"] < float("inf")
         assert step["step_cost"]["flops"] > 0
@@ -248,6 +251,22 @@ def test_time_back_to_back_runs_each_step_once_in_order():
 
     state, metrics, seconds = time_back_to_back(step, 1, 1, steps=3)
     assert (state, metrics["loss"]) == (15, 7) and seconds >= 0
+
+
+def test_back_to_back_rounds_carry_the_state_and_the_cell_shows_median_and_range():
+    from ssm_lra.bench.measure import time_back_to_back_rounds
+    from ssm_lra.bench.report import back_to_back_cell
+
+    def step(state, batch):
+        return state + batch, {"loss": state}
+
+    state, metrics, seconds = time_back_to_back_rounds(step, 0, 1, steps=4, rounds=3)
+    assert (state, metrics["loss"]) == (12, 11) and len(seconds) == 3
+    cell = back_to_back_cell(
+        {"batch_size": 10, "back_to_back_steps": 5, "back_to_back_seq_per_s": 100.0, "back_to_back_rounds_s": [0.4, 0.5, 0.25]}
+    )
+    assert cell == "100 (100-200)"
+    assert back_to_back_cell({"back_to_back_seq_per_s": 1234.0}) == "1,234"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,16 @@ def fmt(value, spec: str = "", scale: float = 1.0) -> str:
     return format(value * scale if scale != 1.0 else value, spec)
 
 
+def back_to_back_cell(step: dict) -> str:
+    """The median round's rate, and the slowest and fastest rounds' where there were several."""
+    rate = fmt(step.get("back_to_back_seq_per_s"), ",.0f")
+    rounds = step.get("back_to_back_rounds_s") or []
+    if len(rounds) < 2:
+        return rate
+    sequences = step["batch_size"] * step["back_to_back_steps"]
+    return f"{rate} ({sequences / max(rounds):,.0f}-{sequences / min(rounds):,.0f})"
+
+
 def step_cells(row: dict) -> list[str]:
     step = row.get("step") or {}
     times = step.get("step_s") or {}
@@ -60,7 +70,7 @@ def step_cells(row: dict) -> list[str]:
         fmt(step.get("compile_s"), ".1f"),
         spread,
         fmt(step.get("seq_per_s"), ",.0f"),
-        fmt(step.get("back_to_back_seq_per_s"), ",.0f"),
+        back_to_back_cell(step),
         fmt(step.get("tokens_per_s"), ",.0f"),
         fmt(peak, ".2f", 1 / 2**30),
         fmt(_get(step, "step_cost", "memory", "temp_bytes"), ".2f", 1 / 2**30),
@@ -156,7 +166,8 @@ def markdown(doc: dict) -> str:
         (
             "Step ms: each step waited for before the next starts (median, p10-p90 of the timed steps); seq/s = "
             "batch / median. 'seq/s back to back': the same number of steps queued without a wait, one wait at "
-            "the end, as the training loop runs them (the device never waits for the host between steps)."
+            "the end, as the training loop runs them (the device never waits for the host between steps); the "
+            "median of a few such rounds (slowest-fastest round in brackets)."
         ),
         "",
         markdown_table(STEP_COLUMNS, [step_cells(r) for r in rows]),
