@@ -35,7 +35,9 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   length-L kernel by the blocked Vandermonde product, then one FFT convolution: the default)
   against `chunked T` (ssm.chunked_conv: a T x T Toeplitz matmul within chunks, states passed
   between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`),
-  the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel.
+  the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel, and
+  against `scan` (ssm.diagonal_scan: the recurrence in a Pallas kernel, states on chip; off a
+  GPU interpreted). Also at the issue's S4D ListOps reference shape (32 x 2048 x 256, N 4).
 glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
   the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
   model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
@@ -71,6 +73,7 @@ from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
 from ssm_lra.ssm.chunked_conv import chunked_ssm_conv
+from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
 from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
 from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 
@@ -284,6 +287,12 @@ def s4d_conv_variants(B, L, H, N):
     if fused_scan_available():  # the chunk states carried by the fused kernel (GPU only)
         for T, prec in [(128, "highest"), (64, "default"), (128, "default"), (256, "default"), (512, "default")]:
             variants[f"chunked {T} {prec} fused"] = chunked(T, prec, "fused")
+
+    def scan(u, *ssm):
+        log_a, W = s4d_system(*ssm)
+        return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available())
+
+    variants["scan" if fused_scan_available() else "scan (interpreted)"] = scan
     return variants
 
 
@@ -410,10 +419,13 @@ LEVERS = {
         "variants_for": s4_kernel_variants,  # the length is static: variants are built per shape
     },
     "s4d-conv": {
-        "title": "S4D bidirectional SSM (N 64): kernel + FFT convolution against chunked matmuls",
+        "title": "S4D bidirectional SSM: kernel + FFT convolution against chunked matmuls and the recurrence kernel",
         "dims": "B x L x H x N",
         # The S4D presets' batch, length, width and state.
-        "shapes": [("listops", 50, 2048, 128, 64), ("pathfinder", 64, 1024, 256, 64), ("pathx", 16, 16384, 256, 64)],
+        "shapes": [
+            ("listops", 50, 2048, 128, 64), ("listops-reference", 32, 2048, 256, 4), ("pathfinder", 64, 1024, 256, 64),
+            ("pathx", 16, 16384, 256, 64),
+        ],
         "inputs": s4d_conv_inputs,
         "variants_for": s4d_conv_variants,
     },

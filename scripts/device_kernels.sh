@@ -5,7 +5,11 @@
 #           then single levers, forward + backward: bench_levers.py s4-kernel, mamba-scan, s4d-conv;
 #   part 2: full training steps with each new route: s4 model.mixer.kernel_method=powers,
 #           mamba and s5_ptd model.mixer.scan=fused (a kernel that fails shows as a crashed row),
-#           s4d model.mixer.conv=chunked.
+#           s4d model.mixer.conv=chunked;
+#   part 3: S4D's convolution as a recurrence kernel (conv=scan, ssm/diagonal_scan.py): checked
+#           against the FFT route, its single-lever table, then full training steps on the S4D
+#           presets and at the S4/S4D ListOps reference configuration (6 x 256, N 4,
+#           batch 32), FFT and scan.
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -13,15 +17,22 @@ part=${1:-1}
 out=${OUT:-results/bench}
 mkdir -p "$out/levers"
 source scripts/device_env.sh
-bench() {  # name, experiments, override
+bench() {  # name, experiments, overrides...
   python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
-    --out "$out" --name "$1" "$3"
+    --out "$out" --name "$1" "${@:3}"
 }
 if [ "$part" = 1 ]; then
   python3 scripts/check_fused_scan.py 2>&1 | tee "$out/check-fused-scan.txt"
   timeout 150 python3 scripts/bench_levers.py s4-kernel --out "$out/levers"
   timeout 150 python3 scripts/bench_levers.py mamba-scan --out "$out/levers"
   timeout 150 python3 scripts/bench_levers.py s4d-conv --out "$out/levers"
+elif [ "$part" = 3 ]; then
+  python3 scripts/check_fused_scan.py --mamba 2,64,32,16 --s5 2,64,32 2>&1 | tee "$out/check-fused-scan.txt"
+  timeout 200 python3 scripts/bench_levers.py s4d-conv --out "$out/levers"
+  bench s4d-scan s4d/listops,s4d/pathfinder,s4d/pathx model.mixer.conv=scan
+  ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
+  bench listops-reference s4/listops,s4d/listops $ref
+  bench s4d-scan-listops-reference s4d/listops $ref model.mixer.conv=scan
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused

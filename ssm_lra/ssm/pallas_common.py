@@ -23,12 +23,13 @@ def resolve_scan(scan: str, fallback: str, kernel_pays: bool = True) -> str:
     return "fused" if kernel_pays and fused_scan_available() else fallback
 
 
-def check_fused_scan_runs(fallback: str) -> None:
-    """A ValueError naming `fallback` if scan "fused" cannot run here (a mixer's option check)."""
+def check_fused_scan_runs(fallback: str, option: str = "scan", value: str = "fused") -> None:
+    """A ValueError naming `fallback` if `option` `value` (a Pallas GPU kernel) cannot run here (a
+    mixer's option check)."""
     if not fused_scan_available():
         raise ValueError(
-            f"scan 'fused' runs a Pallas (Triton) GPU kernel, and JAX's backend here is "
-            f"{jax.default_backend()!r}: use scan '{fallback}' (or 'fused_interpret', slow, to check it)"
+            f"{option} '{value}' runs a Pallas (Triton) GPU kernel, and JAX's backend here is "
+            f"{jax.default_backend()!r}: use {option} '{fallback}' (or '{value}_interpret', slow, to check it)"
         )
 
 

@@ -6,7 +6,8 @@ eigenvalues (the conjugate halves are implicit: outputs are 2 Re(.)). The layer:
   2. builds the length-L kernel K[l] = 2 Re(sum_n C_n Bbar_n Abar_n^l) by a Vandermonde product,
   3. convolves it with the input by FFT and adds the skip term D u.
 With `conv="chunked"` steps 2-3 become matmuls over chunks of the sequence with the states passed
-between chunks (chunked_conv.py): the same output without an FFT.
+between chunks (chunked_conv.py): the same output without an FFT. With `conv="scan"` they are the
+recurrence itself, run by a GPU kernel (diagonal_scan.py): the same output again.
 
 Parameters are real arrays (complex numbers are stored as trailing (re, im) pairs) so optimizers,
 weight decay masks and checkpoints never see complex dtypes.
@@ -25,6 +26,7 @@ from jax import lax
 from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, CHUNK_SCANS, chunked_ssm_conv
 from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel
+from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
 from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
@@ -39,8 +41,10 @@ SSM_PARAM_NAMES = frozenset({"log_dt", "log_A_real", "A_imag", "B"})
 # The diagonal inits of hippo.py, plus "ptd": the perturb-then-diagonalize eigenvalues of LegS
 # itself (S4-PTD, see ptd.py).
 S4D_INITS = (*DIAGONAL_INITS, "ptd")
-# How the layer applies its kernel, the same output either way: `model.mixer.conv`.
-CONVS = ("fft", "chunked")
+# How the layer applies its kernel, the same output every way: `model.mixer.conv`. "scan" is a
+# Pallas GPU kernel; "scan_interpret" runs it through Pallas' interpreter on any backend (slow:
+# for checks).
+CONVS = ("fft", "chunked", "scan", "scan_interpret")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,10 +132,12 @@ class S4D(Mixer):
       dt_min, dt_max: range of the log-uniform init of the step dt.
       bidirectional: add an anti-causal SSM sharing A, B, dt with its own C, run on the reversed
         sequence (the two kernels are summed into one FFT conv).
-      conv: "fft" (kernel of length L, FFT convolution) or "chunked" (`chunked_ssm_conv`: matmuls
+      conv: "fft" (kernel of length L, FFT convolution), "chunked" (`chunked_ssm_conv`: matmuls
         within chunks of `chunk_size` steps, states passed between chunks; `chunk_precision`
         "highest" keeps float32 products, "default" lets GPUs use TF32 tensor cores; `chunk_scan`
-        carries the states across chunks: "auto" is the fused kernel on a GPU and "xla" elsewhere).
+        carries the states across chunks: "auto" is the fused kernel on a GPU and "xla" elsewhere)
+        or "scan" (`diagonal_scan_conv`: the recurrence in a GPU kernel, states on chip;
+        "scan_interpret" is the same kernel interpreted, on any backend).
       param_dtype: dtype of the real parameters; float64 (with x64 on) gives a complex128 kernel.
     """
 
@@ -179,6 +185,8 @@ class S4D(Mixer):
             raise ValueError(f"unknown chunk_scan {self.chunk_scan!r}; valid ones are {valid}")
         if self.conv == "chunked" and self.chunk_scan == "fused":
             check_fused_scan_runs("xla")
+        if self.conv == "scan":
+            check_fused_scan_runs("fft", option="conv", value="scan")
 
     def setup(self):
         H, N2 = self.d_model, self.d_state // 2
@@ -225,7 +233,11 @@ class S4D(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
-        if self.conv == "chunked":
+        if self.conv in ("scan", "scan_interpret"):
+            log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
+            W_bwd = W[1] if self.bidirectional else None
+            y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")
+        elif self.conv == "chunked":
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
             y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision,

@@ -18,6 +18,7 @@ from ssm_lra.ssm.conv import (
     fft_length,
     vandermonde_kernel,
 )
+from ssm_lra.ssm.diagonal_scan import batch_cross_correlation, diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS, discretize_bilinear, discretize_zoh
 from ssm_lra.ssm.hippo import (
     diagonal_init,
@@ -417,6 +418,51 @@ def test_chunked_conv_fused_chunk_scan_matches_xla_scan():
         assert_rel_close(got, ref, 1e-11)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_diagonal_scan_kernel_matches_direct_convolutions_and_fft_gradients(bidirectional):
+    """The recurrence kernel (Pallas' interpreter) gives the direct convolutions, and its
+    gradients (du by the transposed scan, the system's through the batch cross-correlation) are
+    the FFT route's. L = 21 leaves the last of the 8-step chunks padded; N2 = 3 and H = 5 are
+    padded to the kernel's block sizes."""
+    L = 21
+    rng = np.random.default_rng(21 + bidirectional)
+    u, log_a, W_fwd, W_bwd, k_fwd, k_bwd = random_diagonal_system(rng, L, H=5, N2=3)
+    if not bidirectional:
+        W_bwd = None
+    args = tuple(jnp.asarray(a) for a in (u, log_a, W_fwd, W_bwd) if a is not None)
+    g = jnp.asarray(rng.normal(size=u.shape))
+
+    @jax.jit
+    def scan_value_and_grads(*args):
+        y, pullback = jax.vjp(lambda *a: diagonal_scan_conv(*a, interpret=True), *args)
+        return y, pullback(g)
+
+    y, grads = scan_value_and_grads(*args)
+    expected = direct_causal_conv(u, k_fwd) + (direct_anticausal_conv(u, k_bwd) if bidirectional else 0)
+    assert_rel_close(y, expected, 1e-12)
+
+    def fft_route(u, log_a, *W):
+        kernels = [vandermonde_kernel(None, w, L, log_Abar=log_a) for w in W]
+        return bidirectional_fft_conv(u, *kernels) if bidirectional else causal_fft_conv(u, *kernels)
+
+    fft_grads = jax.jit(jax.grad(lambda *a: jnp.sum(fft_route(*a) * g), argnums=tuple(range(len(args)))))(*args)
+    assert len(grads) == len(fft_grads) == len(args)
+    for got, ref in zip(grads, fft_grads):
+        assert_rel_close(got, ref, 1e-11)
+
+
+def test_batch_cross_correlation_by_definition():
+    rng = np.random.default_rng(5)
+    B, L, H = 3, 6, 2
+    u, g = rng.normal(size=(2, B, L, H))
+    c = np.asarray(batch_cross_correlation(jnp.asarray(u), jnp.asarray(g)))
+    n = fft_length(L)
+    assert c.shape == (n, H)
+    for lag in range(-(L - 1), L):
+        expected = sum(g[:, t] * u[:, t - lag] for t in range(L) if 0 <= t - lag < L).sum(axis=0)
+        np.testing.assert_allclose(c[lag % n], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_chunk_toeplitz_by_definition():
     rng = np.random.default_rng(0)
     k_fwd, k_bwd = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
@@ -469,6 +515,10 @@ def test_layer_matches_recurrence(L, discretization, bidirectional):
 )
 def test_chunked_layer_matches_recurrence(L, chunk_size, discretization, bidirectional):
     check_layer_against_recurrence(L, discretization, bidirectional, conv="chunked", chunk_size=chunk_size)
+
+
+def test_scan_layer_matches_recurrence():
+    check_layer_against_recurrence(19, "zoh", True, conv="scan_interpret")
 
 
 def test_chunked_layer_with_fused_chunk_scan_matches_recurrence():
@@ -564,7 +614,9 @@ def test_float32_default_and_input_dtype_preserved():
     assert_rel_close(y, ref, 1e-4)
 
 
-@pytest.mark.parametrize("options", [{"conv": "fft"}, {"conv": "chunked", "chunk_size": 4}], ids=["fft", "chunked"])
+@pytest.mark.parametrize(
+    "options", [{"conv": "fft"}, {"conv": "chunked", "chunk_size": 4}, {"conv": "scan_interpret"}], ids=["fft", "chunked", "scan"]
+)
 def test_gradients_match_finite_differences(options):
     from jax.test_util import check_grads
 
@@ -584,7 +636,7 @@ def test_gradients_match_finite_differences(options):
     [
         ({"ssm_init": "legt"}, "'legs', 'inv', 'lin'"),
         ({"discretization": "euler"}, "'zoh', 'bilinear'"),
-        ({"conv": "direct"}, "'fft', 'chunked'"),
+        ({"conv": "direct"}, "'fft', 'chunked', 'scan', 'scan_interpret'"),
         ({"conv": "chunked", "chunk_size": 0}, "chunk_size must be a positive integer"),
         ({"conv": "chunked", "chunk_precision": "tf32"}, "'default', 'highest'"),
         ({"conv": "chunked", "chunk_scan": "pallas"}, "'auto', 'xla', 'fused', 'fused_interpret'"),
@@ -593,6 +645,13 @@ def test_gradients_match_finite_differences(options):
 def test_invalid_options_raise_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S4D(d_model=2, d_state=4, **kwargs)
+
+
+def test_scan_conv_off_a_gpu_names_the_fft():
+    if jax.default_backend() == "gpu":
+        pytest.skip("the kernel runs here")
+    with pytest.raises(ValueError, match="conv 'scan' runs a Pallas .* use conv 'fft' \\(or 'scan_interpret'"):
+        S4D(d_model=2, d_state=4, conv="scan")
 
 
 def test_fused_chunk_scan_off_a_gpu_names_the_xla_scan():

@@ -1,0 +1,152 @@
+"""A diagonal LTI SSM (S4D, S4-PTD) run as its recurrence in one GPU kernel, instead of a long
+convolution: `conv="scan"`.
+
+The FFT convolution pads every sequence to twice its length and moves it through transforms,
+a product with the kernel's spectrum and the inverse, several passes of (B, 2L, H) complex
+numbers per layer and direction. The layer's output is also the recurrence, per channel h and
+kept state n (one of each conjugate pair):
+
+    causal:       s_t = Abar s_{t-1} + u_t,   y_t = 2 Re(sum_n W_n s_t)
+    anti-causal:  r_t = Abar r_{t+1} + u_t,   y_t = 2 Re(sum_n W'_n r_t)
+
+with W = C Bbar, whose kernel 2 Re(sum_n W_n Abar_n^l) is exactly the convolution's. Here one
+program per (sequence, block of channels) runs it in time order with its (block_h, N2) states
+on chip: the layer reads u once and writes y once per direction.
+
+Backward pass, without storing states:
+- du is the transposed convolution: the causal kernel becomes anti-causal and the other way
+  round, so it is the same kernel run on dy with the directions swapped;
+- the kernel's gradient dK[l] = sum over the batch and time of dy_t u_{t-l} (causal) or
+  dy_t u_{t+l} (anti-causal) is one cross-correlation per channel, summed over the batch: an
+  FFT of u and dy, a product summed over the batch, one small inverse FFT of (H, n);
+- the parameters' gradients follow from dK through the Vandermonde kernel's own backward pass.
+`interpret=True` runs the same kernel through Pallas' interpreter on any backend (the tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ssm_lra.ssm.conv import fft_length, vandermonde_kernel
+from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
+from ssm_lra.ssm.sharding import batch_parallel
+
+__all__ = ["diagonal_scan_conv"]
+
+CHUNK = 8  # steps whose loads are issued together, before their arithmetic
+BLOCK_H = 16  # channels per program
+
+
+def _scan_kernel(u_ref, ar_ref, ai_ref, wr_ref, wi_ref, y_ref, *, chunk, n_chunks, reverse):
+    """One sequence, one channel block: u (L, bH); Abar as (re, im) (bH, N2); W as (re, im)
+    (D, bH, N2), one row per direction; y (D, L, bH). reverse[d]: direction d runs backwards."""
+    ar, ai = ar_ref[...], ai_ref[...]
+    for d, backwards in enumerate(reverse):
+        wr, wi = wr_ref[d], wi_ref[d]
+
+        def body(k, state, d=d, wr=wr, wi=wi, backwards=backwards):
+            sr, si = state
+            t0 = (n_chunks - 1 - k if backwards else k) * chunk
+            steps = range(chunk - 1, -1, -1) if backwards else range(chunk)
+            rows = [(i, u_ref[t0 + i]) for i in steps]  # the chunk's loads first
+            for i, u in rows:
+                sr, si = ar * sr - ai * si + u[:, None], ar * si + ai * sr
+                y_ref[d, t0 + i] = 2.0 * jnp.sum(wr * sr - wi * si, axis=1)
+            return sr, si
+
+        zeros = jnp.zeros(ar.shape, ar.dtype)
+        lax.fori_loop(0, n_chunks, body, (zeros, zeros))
+
+
+def _run_scans(u, Abar, W, reverse, *, chunk, block_h, interpret):
+    """Per direction d, the scan of u (Bz, L, H) with Abar (H, N2) and W[d] (H, N2), both
+    complex, backwards in time where reverse[d]: (Bz, D, L, H)."""
+    from jax.experimental import pallas as pl
+
+    Bz, L, H = u.shape
+    n_dir, N2 = len(reverse), Abar.shape[-1]
+    block_h = min(block_h, next_power_of_two(H))
+    Lp, Hp, Np = round_up(L, chunk), round_up(H, block_h), next_power_of_two(N2)
+    # Padded steps come after the real ones and hold u = 0; a backwards scan starts on them with
+    # a zero state, which they leave at zero. Padded channels and states have Abar = W = 0.
+    u_p = pad_axis(pad_axis(u, 1, Lp), 2, Hp)
+    parts = lambda z: (z.real.astype(u.dtype), z.imag.astype(u.dtype))  # noqa: E731
+    ar, ai = (pad_axis(pad_axis(x, 0, Hp), 1, Np) for x in parts(Abar))
+    wr, wi = (pad_axis(pad_axis(x, 1, Hp), 2, Np) for x in parts(W))
+
+    def call(u, ar, ai, wr, wi):  # on one device's share of the batch
+        n = u.shape[0]
+        per_seq = pl.BlockSpec((None, Lp, block_h), lambda b, h: (b, 0, h))
+        per_state = pl.BlockSpec((block_h, Np), lambda b, h: (h, 0))
+        per_dir = pl.BlockSpec((n_dir, block_h, Np), lambda b, h: (0, h, 0))
+        out = pl.BlockSpec((None, n_dir, Lp, block_h), lambda b, h: (b, 0, 0, h))
+        return pl.pallas_call(
+            functools.partial(_scan_kernel, chunk=chunk, n_chunks=Lp // chunk, reverse=tuple(reverse)),
+            out_shape=jax.ShapeDtypeStruct((n, n_dir, Lp, Hp), u.dtype),
+            grid=(n, Hp // block_h),
+            in_specs=[per_seq, per_state, per_state, per_dir, per_dir],
+            out_specs=out,
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=4),
+            name="diagonal_scan",
+        )(u, ar, ai, wr, wi)
+
+    y = batch_parallel(call, "b l h, h n, h n, d h n, d h n -> b d l h")(u_p, ar, ai, wr, wi)
+    return y[:, :, :L, :H]
+
+
+def _apply(u, Abar, W, reverse, chunk, block_h, interpret):
+    return _run_scans(u, Abar, W, reverse, chunk=chunk, block_h=block_h, interpret=interpret).sum(axis=1)
+
+
+def batch_cross_correlation(u, g):
+    """c (n, H) with c[l mod n] = sum_b sum_t g[b, t] u[b, t - l] for lags -L < l < L, n =
+    fft_length(L): what a convolution kernel's gradient is, one correlation per channel."""
+    n = fft_length(u.shape[1])
+    spectrum = jnp.sum(jnp.fft.rfft(g, n=n, axis=1) * jnp.conj(jnp.fft.rfft(u, n=n, axis=1)), axis=0)
+    return jnp.fft.irfft(spectrum, n=n, axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _scan_conv(u, log_Abar, W, reverse, chunk, block_h, interpret):
+    return _apply(u, jnp.exp(log_Abar), W, reverse, chunk, block_h, interpret)
+
+
+def _scan_conv_fwd(u, log_Abar, W, reverse, chunk, block_h, interpret):
+    return _scan_conv(u, log_Abar, W, reverse, chunk, block_h, interpret), (u, log_Abar, W)
+
+
+def _scan_conv_bwd(reverse, chunk, block_h, interpret, residuals, g):
+    u, log_Abar, W = residuals
+    L = u.shape[1]
+    # The transpose of a causal convolution is the anti-causal one with the same kernel.
+    du = _apply(g, jnp.exp(log_Abar), W, tuple(not r for r in reverse), chunk, block_h, interpret)
+    c = batch_cross_correlation(u, g).T  # (H, n)
+    lags = jnp.arange(L)
+    dK = jnp.stack([c[:, (-lags) % c.shape[1]] if backwards else c[:, :L] for backwards in reverse])
+    _, kernel_vjp = jax.vjp(lambda la, w: vandermonde_kernel(None, w, L, log_Abar=la), log_Abar, W)
+    d_log_Abar, dW = kernel_vjp(dK.astype(u.dtype))
+    return du, d_log_Abar, dW
+
+
+_scan_conv.defvjp(_scan_conv_fwd, _scan_conv_bwd)
+
+
+def diagonal_scan_conv(u, log_Abar, W_fwd, W_bwd=None, *, chunk: int = CHUNK, block_h: int = BLOCK_H,
+                       interpret: bool = False):
+    """causal_conv(u, K_fwd) (+ the anti-causal conv with K_bwd), K = 2 Re(sum_n W_n Abar_n^l),
+    computed by the recurrence: the output of `conv.causal_fft_conv` / `bidirectional_fft_conv`
+    with `vandermonde_kernel(None, W, L, log_Abar)`.
+
+    u (B, L, H) real; log_Abar (H, N2) complex (log of the discrete eigenvalues); W_fwd, W_bwd
+    (H, N2) complex. Differentiable in u, log_Abar and the W's.
+    """
+    if u.ndim != 3:
+        raise ValueError(f"expected (batch, length, channels), got shape {u.shape}")
+    W = jnp.stack([W_fwd] if W_bwd is None else [W_fwd, W_bwd])
+    reverse = (False,) if W_bwd is None else (False, True)
+    return _scan_conv(u, log_Abar, W, reverse, chunk, block_h, interpret)
