@@ -43,23 +43,29 @@ BLOCK_H = 16  # channels per program
 
 def _scan_kernel(u_ref, ar_ref, ai_ref, wr_ref, wi_ref, y_ref, *, chunk, n_chunks, reverse):
     """One sequence, one channel block: u (L, bH); Abar as (re, im) (bH, N2); W as (re, im)
-    (D, bH, N2), one row per direction; y (D, L, bH). reverse[d]: direction d runs backwards."""
-    ar, ai = ar_ref[...], ai_ref[...]
-    for d, backwards in enumerate(reverse):
-        wr, wi = wr_ref[d], wi_ref[d]
+    (D, bH, N2), one row per direction; y (D, L, bH). reverse[d]: direction d runs backwards.
 
-        def body(k, state, d=d, wr=wr, wi=wi, backwards=backwards):
-            sr, si = state
+    The directions advance together, one chunk each per iteration: their recurrences are
+    independent, so each step has twice the work to overlap its latencies with."""
+    ar, ai = ar_ref[...], ai_ref[...]
+    weights = [(wr_ref[d], wi_ref[d]) for d in range(len(reverse))]
+
+    def body(k, states):
+        new_states = []
+        for d, backwards in enumerate(reverse):
             t0 = (n_chunks - 1 - k if backwards else k) * chunk
             steps = range(chunk - 1, -1, -1) if backwards else range(chunk)
-            rows = [(i, u_ref[t0 + i]) for i in steps]  # the chunk's loads first
-            for i, u in rows:
+            new_states.append((t0, steps, [u_ref[t0 + i] for i in steps]))  # the chunks' loads first
+        out = []
+        for d, ((t0, steps, rows), (sr, si), (wr, wi)) in enumerate(zip(new_states, states, weights)):
+            for i, u in zip(steps, rows):
                 sr, si = ar * sr - ai * si + u[:, None], ar * si + ai * sr
                 y_ref[d, t0 + i] = 2.0 * jnp.sum(wr * sr - wi * si, axis=1)
-            return sr, si
+            out.append((sr, si))
+        return tuple(out)
 
-        zeros = jnp.zeros(ar.shape, ar.dtype)
-        lax.fori_loop(0, n_chunks, body, (zeros, zeros))
+    zeros = jnp.zeros(ar.shape, ar.dtype)
+    lax.fori_loop(0, n_chunks, body, tuple((zeros, zeros) for _ in reverse))
 
 
 def _run_scans(u, Abar, W, reverse, *, chunk, block_h, interpret):
