@@ -113,8 +113,15 @@ def batch_cross_correlation(u, g):
     """c (n, H) with c[l mod n] = sum_b sum_t g[b, t] u[b, t - l] for lags -L < l < L, n =
     fft_length(L): what a convolution kernel's gradient is, one correlation per channel."""
     n = fft_length(u.shape[1])
-    spectrum = jnp.sum(jnp.fft.rfft(g, n=n, axis=1) * jnp.conj(jnp.fft.rfft(u, n=n, axis=1)), axis=0)
-    return jnp.fft.irfft(spectrum, n=n, axis=0)
+
+    def spectra(u, g):  # per sequence: G conj(U), (b, n // 2 + 1, H)
+        return jnp.fft.rfft(g, n=n, axis=1) * jnp.conj(jnp.fft.rfft(u, n=n, axis=1))
+
+    if jax.device_count() > 1:
+        # Each device transforms its own rows (XLA would gather a batch-sharded FFT input onto
+        # every device); the sum over the batch is then a reduction across devices.
+        spectra = batch_parallel(spectra, "b l h, b l h -> b f h")
+    return jnp.fft.irfft(jnp.sum(spectra(u, g), axis=0), n=n, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
