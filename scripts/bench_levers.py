@@ -37,7 +37,7 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`),
   the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel, and
   against `scan` (ssm.diagonal_scan: the recurrence in a Pallas kernel, states on chip; off a
-  GPU interpreted). Also at the issue's S4D ListOps reference shape (32 x 2048 x 256, N 4).
+  GPU interpreted), its gradients by a second kernel or by an FFT cross-correlation. Also at the issue's S4D ListOps reference shape (32 x 2048 x 256, N 4).
 glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
   the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
   model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
@@ -73,7 +73,7 @@ from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.mamba import batched_selective_scan
 from ssm_lra.ssm.pallas_common import fused_scan_available
 from ssm_lra.ssm.chunked_conv import chunked_ssm_conv
-from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
+from ssm_lra.ssm.diagonal_scan import GRADS, diagonal_scan_conv
 from ssm_lra.ssm.s4 import cauchy_conj, complex_pairs, s4_kernel, s4_kernel_powers
 from ssm_lra.ssm.s4d import S4D, s4d_kernel, s4d_system
 
@@ -288,11 +288,15 @@ def s4d_conv_variants(B, L, H, N):
         for T, prec in [(128, "highest"), (64, "default"), (128, "default"), (256, "default"), (512, "default")]:
             variants[f"chunked {T} {prec} fused"] = chunked(T, prec, "fused")
 
-    def scan(u, *ssm):
-        log_a, W = s4d_system(*ssm)
-        return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available())
+    def scan(grads):
+        def f(u, *ssm):
+            log_a, W = s4d_system(*ssm)
+            return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available(), grads=grads)
 
-    variants["scan" if fused_scan_available() else "scan (interpreted)"] = scan
+        return f
+
+    for grads in GRADS:
+        variants[f"scan, {grads} grads" + ("" if fused_scan_available() else " (interpreted)")] = scan(grads)
     return variants
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from bench_levers import mamba_scan_inputs, mamba_scan_variants  # noqa: E402 (scripts/, beside this file)
 
 from ssm_lra.ssm.conv import bidirectional_fft_conv, vandermonde_kernel
-from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
+from ssm_lra.ssm.diagonal_scan import GRADS, diagonal_scan_conv
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.scan import lti_scan
 
@@ -72,8 +72,9 @@ def s4d_case(Bz, L, H, N2):
         kernels = [vandermonde_kernel(None, w, L, log_Abar=log_a) for w in (w_fwd, w_bwd)]
         return bidirectional_fft_conv(u, *kernels)
 
-    scan = partial(diagonal_scan_conv, interpret=FUSED == "fused_interpret")
-    routes = {"fft": fft, "scan" if FUSED == "fused" else "scan (interpreted)": scan}
+    interpret = FUSED == "fused_interpret"
+    suffix = " (interpreted)" if interpret else ""
+    routes = {"fft": fft, **{f"scan, {g} grads{suffix}": partial(diagonal_scan_conv, interpret=interpret, grads=g) for g in GRADS}}
     return ("y", "du", "dlog_a", "dW_fwd", "dW_bwd"), routes, (u, log_a, W[0], W[1]), jax.random.normal(k[3], (Bz, L, H))
 
 
@@ -97,12 +98,14 @@ def compare(title, names, routes, inputs, cotangent, steps) -> float:
             times.append(time.perf_counter() - start)
         results[route] = out
         print(f"  {route}: compile {compile_s:.1f} s, forward + backward median {np.median(times) * 1e3:.3f} ms", flush=True)
-    reference, candidate = (results[r] for r in routes)
+    first, *others = routes
     worst = 0.0
-    for name, a, b in zip(names, candidate, reference):
-        rel = float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
-        worst = max(worst, rel)
-        print(f"    {name}: max relative difference {rel:.2e}")
+    for route in others:  # each against the first
+        print(f"  {route} against {first}:")
+        for name, a, b in zip(names, results[route], results[first]):
+            rel = float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+            worst = max(worst, rel)
+            print(f"    {name}: max relative difference {rel:.2e}")
     print("  agree" if worst < 1e-3 else "  DISAGREE", flush=True)
     return worst
 

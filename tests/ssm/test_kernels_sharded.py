@@ -32,10 +32,10 @@ cases = {
     "lti": (lambda *a: lti_scan_fused(*a, interpret=True, reverse=True, chunk=4),
             [rng.uniform(0.5, 0.9, size=E), rng.uniform(-0.3, 0.3, size=E), rng.normal(size=(Bz, L, E)), rng.normal(size=(Bz, L, E))]),
     # S4D's convolution as a recurrence: the system as real arrays (E, N2), made complex inside.
-    "s4d_scan": (lambda u, ar, ai, w0r, w0i, w1r, w1i: diagonal_scan_conv(
-                     u, jax.lax.complex(ar, ai), jax.lax.complex(w0r, w0i), jax.lax.complex(w1r, w1i), interpret=True),
+    **{f"s4d_scan_{grads}": (lambda u, ar, ai, w0r, w0i, w1r, w1i, grads=grads: diagonal_scan_conv(
+                     u, jax.lax.complex(ar, ai), jax.lax.complex(w0r, w0i), jax.lax.complex(w1r, w1i), interpret=True, grads=grads),
                  [rng.normal(size=(Bz, L, E)), -rng.uniform(0.05, 0.5, size=(E, 3)), rng.normal(size=(E, 3)),
-                  *rng.normal(size=(4, E, 3))]),
+                  *rng.normal(size=(4, E, 3))]) for grads in ("kernel", "fft")},
     # 4 rows: two a device, paired as one complex signal; 6 rows: three a device, each alone.
     "fft_paired": (bidirectional_fft_conv, [rng.normal(size=(4, L, E)), rng.normal(size=(E, L)), rng.normal(size=(E, L))]),
     "fft_alone": (bidirectional_fft_conv, [rng.normal(size=(6, L, E)), rng.normal(size=(E, L)), rng.normal(size=(E, L))]),
@@ -59,7 +59,7 @@ def test_fused_kernels_split_the_batch_across_devices():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
-    assert set(results) == {"mamba", "lti", "s4d_scan", "fft_paired", "fft_alone"}
+    assert set(results) == {"mamba", "lti", "s4d_scan_kernel", "s4d_scan_fft", "fft_paired", "fft_alone"}
     for name, result in results.items():
         worst, gathers = result.split()
         assert float(worst) < 1e-5, (name, worst)

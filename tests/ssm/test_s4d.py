@@ -418,12 +418,14 @@ def test_chunked_conv_fused_chunk_scan_matches_xla_scan():
         assert_rel_close(got, ref, 1e-11)
 
 
+@pytest.mark.parametrize("grads", ["kernel", "fft"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_diagonal_scan_kernel_matches_direct_convolutions_and_fft_gradients(bidirectional):
+def test_diagonal_scan_kernel_matches_direct_convolutions_and_fft_gradients(bidirectional, grads):
     """The recurrence kernel (Pallas' interpreter) gives the direct convolutions, and its
-    gradients (du by the transposed scan, the system's through the batch cross-correlation) are
-    the FFT route's. L = 21 leaves the last of the 8-step chunks padded; N2 = 3 and H = 5 are
-    padded to the kernel's block sizes."""
+    gradients are the FFT route's, both ways of taking them: the gradient kernel (states and
+    their derivative recomputed in time order, dy scanned the other way) and the FFT one (du by
+    the transposed scan, the system's through the batch cross-correlation). L = 21 leaves the
+    last of the 8-step chunks padded; N2 = 3 and H = 5 are padded to the kernels' block sizes."""
     L = 21
     rng = np.random.default_rng(21 + bidirectional)
     u, log_a, W_fwd, W_bwd, k_fwd, k_bwd = random_diagonal_system(rng, L, H=5, N2=3)
@@ -434,7 +436,7 @@ def test_diagonal_scan_kernel_matches_direct_convolutions_and_fft_gradients(bidi
 
     @jax.jit
     def scan_value_and_grads(*args):
-        y, pullback = jax.vjp(lambda *a: diagonal_scan_conv(*a, interpret=True), *args)
+        y, pullback = jax.vjp(lambda *a: diagonal_scan_conv(*a, interpret=True, grads=grads), *args)
         return y, pullback(g)
 
     y, grads = scan_value_and_grads(*args)
@@ -650,6 +652,8 @@ def test_invalid_options_raise_at_construction(kwargs, match):
 def test_scan_conv_off_a_gpu_names_the_fft():
     if jax.default_backend() == "gpu":
         pytest.skip("the kernel runs here")
+    with pytest.raises(ValueError, match="unknown grads 'adjoint'; valid ones are 'kernel', 'fft'"):
+        diagonal_scan_conv(jnp.zeros((1, 3, 2)), jnp.zeros((2, 1), complex), jnp.zeros((2, 1), complex), grads="adjoint")
     with pytest.raises(ValueError, match="conv 'scan' runs a Pallas .* use conv 'fft' \\(or 'scan_interpret'"):
         S4D(d_model=2, d_state=4, conv="scan")
 
