@@ -6,10 +6,10 @@
 #   part 2: full training steps with each new route: s4 model.mixer.kernel_method=powers,
 #           mamba and s5_ptd model.mixer.scan=fused (a kernel that fails shows as a crashed row),
 #           s4d model.mixer.conv=chunked;
-#   part 3: S4D's convolution as a recurrence kernel (conv=scan, ssm/diagonal_scan.py): checked
-#           against the FFT route, its single-lever table, then full training steps on the S4D
-#           presets and at the S4/S4D ListOps reference configuration (6 x 256, N 4,
-#           batch 32), FFT and scan.
+#   part 3: S4D's convolution as a recurrence kernel (conv=scan, ssm/diagonal_scan.py, lever 18):
+#           checked against the FFT route, then its single-lever table (s4d-conv), per shape;
+#   part 4: full training steps of the S4D presets with conv=scan, and of S4 and S4D at the
+#           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan.
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -28,7 +28,12 @@ if [ "$part" = 1 ]; then
   timeout 150 python3 scripts/bench_levers.py s4d-conv --out "$out/levers"
 elif [ "$part" = 3 ]; then
   python3 scripts/check_fused_scan.py --mamba 2,64,32,16 --s5 2,64,32 2>&1 | tee "$out/check-fused-scan.txt"
-  timeout 200 python3 scripts/bench_levers.py s4d-conv --out "$out/levers"
+  # bench_levers writes its table at the end: one call per group of shapes, so that a timeout
+  # loses one group only.
+  timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes listops-reference,pathfinder --out "$out/levers"
+  timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes listops --out "$out/levers"
+  timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes pathx --out "$out/levers"
+elif [ "$part" = 4 ]; then
   bench s4d-scan s4d/listops,s4d/pathfinder,s4d/pathx model.mixer.conv=scan
   ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
   bench listops-reference s4/listops,s4d/listops $ref
