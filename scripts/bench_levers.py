@@ -288,15 +288,20 @@ def s4d_conv_variants(B, L, H, N):
         for T, prec in [(128, "highest"), (64, "default"), (128, "default"), (256, "default"), (512, "default")]:
             variants[f"chunked {T} {prec} fused"] = chunked(T, prec, "fused")
 
-    def scan(grads):
+    def scan(grads, **tiles):
         def f(u, *ssm):
             log_a, W = s4d_system(*ssm)
-            return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available(), grads=grads)
+            return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available(), grads=grads, **tiles)
 
         return f
 
+    suffix = "" if fused_scan_available() else " (interpreted)"
     for grads in GRADS:
-        variants[f"scan, {grads} grads" + ("" if fused_scan_available() else " (interpreted)")] = scan(grads)
+        variants[f"scan, {grads} grads{suffix}"] = scan(grads)
+    if fused_scan_available():  # the kernels' tiles: channels per program, steps loaded together
+        for tiles in ({"block_h": 8}, {"block_h": 32}, {"chunk": 16}):
+            name = ", ".join(f"{k} {v}" for k, v in tiles.items())
+            variants[f"scan, kernel grads, {name}"] = scan("kernel", **tiles)
     return variants
 
 

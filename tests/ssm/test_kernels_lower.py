@@ -54,6 +54,17 @@ def test_diagonal_scan_kernels_lower_for_cuda(L, H, N2, grads):
     assert ("diagonal_scan_grad" in names) == (grads == "kernel")
 
 
+@pytest.mark.parametrize("tiles", [{"block_h": 8}, {"block_h": 32}, {"chunk": 16}], ids=str)
+def test_diagonal_scan_kernels_lower_with_the_tiles_the_lever_table_tries(tiles):
+    c64 = jnp.complex64
+    H, N2 = 256, 32
+    names = triton_kernels(
+        lambda u, la, w0, w1: diagonal_scan_conv(u, la, w0, w1, **tiles),
+        f32(2, 1024, H), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64),
+    )
+    assert {"diagonal_scan", "diagonal_scan_grad"} <= names
+
+
 def test_mamba_and_s5_kernels_lower_for_cuda():
     B, L, E, N = 2, 1024, 224, 16
     mamba = triton_kernels(selective_scan_fused, f32(B, L, E), f32(B, L, E), f32(E, N), f32(B, L, N), f32(B, L, N), f32(E))
