@@ -13,14 +13,17 @@ with W = C Bbar, whose kernel 2 Re(sum_n W_n Abar_n^l) is exactly the convolutio
 program per (sequence, block of channels) runs it in time order with its (block_h, N2) states
 on chip: the layer reads u once and writes y once per direction.
 
-Backward pass, without storing states:
-- du is the transposed convolution: the causal kernel becomes anti-causal and the other way
-  round, so it is the same kernel run on dy with the directions swapped;
-- the kernel's gradient dK[l] = sum over the batch and time of dy_t u_{t-l} (causal) or
-  dy_t u_{t+l} (anti-causal) is one cross-correlation per channel, summed over the batch: an
-  FFT of u and dy, a product summed over the batch, one small inverse FFT of (H, n);
-- the parameters' gradients follow from dK through the Vandermonde kernel's own backward pass.
-`interpret=True` runs the same kernel through Pallas' interpreter on any backend (the tests).
+The backward pass stores no states. du is the transposed convolution: a causal kernel becomes
+anti-causal and the other way round, so du is dy scanned in the opposite time order. The
+system's gradients come one of two ways (`grads`):
+- "kernel": a second kernel recomputes each direction's states in its own time order, with
+  their derivative with respect to Abar, and sums them against dy; the transposed scan of dy
+  (du) runs in the same program the other way in time. Its arithmetic grows with the states.
+- "fft": du by the forward kernel with the directions swapped; the kernel's gradient
+  dK[l] = sum over the batch and time of dy_t u_{t-l} (causal) or dy_t u_{t+l} (anti-causal),
+  one cross-correlation per channel by FFT, summed over the batch; the parameters' gradients
+  from dK through the Vandermonde kernel's own backward pass. Its cost does not depend on N.
+`interpret=True` runs the same kernels through Pallas' interpreter on any backend (the tests).
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ from ssm_lra.ssm.conv import fft_length, vandermonde_kernel
 from ssm_lra.ssm.pallas_common import compiler_params, next_power_of_two, pad_axis, round_up
 from ssm_lra.ssm.sharding import batch_parallel
 
-__all__ = ["diagonal_scan_conv"]
+__all__ = ["GRADS", "batch_cross_correlation", "diagonal_scan_conv"]
 
 CHUNK = 8  # steps whose loads are issued together, before their arithmetic
 BLOCK_H = 16  # channels per program
+
+
+def _rotate(ar, ai, xr, xi, add=0.0):
+    """Abar x + add, complex numbers as (re, im) parts."""
+    return ar * xr - ai * xi + add, ar * xi + ai * xr
 
 
 def _scan_kernel(u_ref, ar_ref, ai_ref, wr_ref, wi_ref, y_ref, *, chunk, n_chunks, reverse):
@@ -51,15 +59,15 @@ def _scan_kernel(u_ref, ar_ref, ai_ref, wr_ref, wi_ref, y_ref, *, chunk, n_chunk
     weights = [(wr_ref[d], wi_ref[d]) for d in range(len(reverse))]
 
     def body(k, states):
-        new_states = []
-        for d, backwards in enumerate(reverse):
+        loads = []
+        for backwards in reverse:
             t0 = (n_chunks - 1 - k if backwards else k) * chunk
             steps = range(chunk - 1, -1, -1) if backwards else range(chunk)
-            new_states.append((t0, steps, [u_ref[t0 + i] for i in steps]))  # the chunks' loads first
+            loads.append((t0, [(i, u_ref[t0 + i]) for i in steps]))  # the chunks' loads first
         out = []
-        for d, ((t0, steps, rows), (sr, si), (wr, wi)) in enumerate(zip(new_states, states, weights)):
-            for i, u in zip(steps, rows):
-                sr, si = ar * sr - ai * si + u[:, None], ar * si + ai * sr
+        for d, ((t0, rows), (sr, si), (wr, wi)) in enumerate(zip(loads, states, weights)):
+            for i, u in rows:
+                sr, si = _rotate(ar, ai, sr, si, u[:, None])
                 y_ref[d, t0 + i] = 2.0 * jnp.sum(wr * sr - wi * si, axis=1)
             out.append((sr, si))
         return tuple(out)
@@ -81,9 +89,7 @@ def _grad_kernel(u_ref, g_ref, ar_ref, ai_ref, wr_ref, wi_ref, du_ref, xwr_ref, 
     Outputs: du (D, L, bH); X_W (D, bH, N2) and 2 sum_d W_d X_A,d (bH, N2) as (re, im)."""
     ar, ai = ar_ref[...], ai_ref[...]
     weights = [(wr_ref[d], wi_ref[d]) for d in range(len(reverse))]
-
-    def rotate(xr, xi, add=0.0):  # Abar x + add
-        return ar * xr - ai * xi + add, ar * xi + ai * xr
+    rotate = functools.partial(_rotate, ar, ai)
 
     def body(k, carry):
         loads = []
@@ -123,6 +129,61 @@ def _grad_kernel(u_ref, g_ref, ar_ref, ai_ref, wr_ref, wi_ref, du_ref, xwr_ref, 
     xai_ref[...] = g_ai
 
 
+def _padded(u, Abar, W, chunk, block_h):
+    """The kernels' operands, padded to their blocks: u (Bz, Lp, Hp); Abar as (re, im) (Hp, Np);
+    W as (re, im) (D, Hp, Np). Padded steps come after the real ones and hold u = 0 (and dy = 0):
+    a backwards scan starts on them with a zero state, which they leave at zero. Padded channels
+    and states have Abar = W = 0."""
+    Bz, L, H = u.shape
+    N2 = Abar.shape[-1]
+    Lp, Hp, Np = round_up(L, chunk), round_up(H, block_h), next_power_of_two(N2)
+    parts = lambda z: (z.real.astype(u.dtype), z.imag.astype(u.dtype))  # noqa: E731
+    a = tuple(pad_axis(pad_axis(x, 0, Hp), 1, Np) for x in parts(Abar))
+    w = tuple(pad_axis(pad_axis(x, 1, Hp), 2, Np) for x in parts(W))
+    return pad_axis(pad_axis(u, 1, Lp), 2, Hp), a, w
+
+
+def _specs(Lp, block_h, Np, n_dir):
+    """Blocks of one (sequence, channel block) program: a sequence's (Lp, bH) rows; Abar's
+    (bH, Np) parts; W's (D, bH, Np) parts; the (D, Lp, bH) rows written per direction."""
+    from jax.experimental import pallas as pl
+
+    per_seq = pl.BlockSpec((None, Lp, block_h), lambda b, h: (b, 0, h))
+    per_state = pl.BlockSpec((block_h, Np), lambda b, h: (h, 0))
+    per_dir = pl.BlockSpec((n_dir, block_h, Np), lambda b, h: (0, h, 0))
+    rows = pl.BlockSpec((None, n_dir, Lp, block_h), lambda b, h: (b, 0, 0, h))
+    return per_seq, per_state, per_dir, rows
+
+
+def _run_scans(u, Abar, W, reverse, *, chunk, block_h, interpret):
+    """Per direction d, the scan of u (Bz, L, H) with Abar (H, N2) and W[d] (H, N2), both
+    complex, backwards in time where reverse[d]: (Bz, D, L, H)."""
+    from jax.experimental import pallas as pl
+
+    Bz, L, H = u.shape
+    n_dir = len(reverse)
+    block_h = min(block_h, next_power_of_two(H))
+    u_p, (ar, ai), (wr, wi) = _padded(u, Abar, W, chunk, block_h)
+    Lp, Hp, Np = u_p.shape[1], u_p.shape[2], ar.shape[1]
+
+    def call(u, ar, ai, wr, wi):  # on one device's share of the batch
+        n = u.shape[0]
+        per_seq, per_state, per_dir, rows = _specs(Lp, block_h, Np, n_dir)
+        return pl.pallas_call(
+            functools.partial(_scan_kernel, chunk=chunk, n_chunks=Lp // chunk, reverse=tuple(reverse)),
+            out_shape=jax.ShapeDtypeStruct((n, n_dir, Lp, Hp), u.dtype),
+            grid=(n, Hp // block_h),
+            in_specs=[per_seq, per_state, per_state, per_dir, per_dir],
+            out_specs=rows,
+            interpret=interpret,
+            compiler_params=compiler_params(interpret, num_warps=4),
+            name="diagonal_scan",
+        )(u, ar, ai, wr, wi)
+
+    y = batch_parallel(call, "b l h, h n, h n, d h n, d h n -> b d l h")(u_p, ar, ai, wr, wi)
+    return y[:, :, :L, :H]
+
+
 def _run_grads(u, g, Abar, W, reverse, *, chunk, block_h, interpret):
     """(du, dAbar, dW) of sum(y * g), y = the scans of u summed over the directions, in JAX's
     convention for the complex Abar (H, N2) and W (D, H, N2)."""
@@ -137,10 +198,7 @@ def _run_grads(u, g, Abar, W, reverse, *, chunk, block_h, interpret):
 
     def call(u, g, ar, ai, wr, wi):  # on one device's share of the batch
         n = u.shape[0]
-        per_seq = pl.BlockSpec((None, Lp, block_h), lambda b, h: (b, 0, h))
-        per_state = pl.BlockSpec((block_h, Np), lambda b, h: (h, 0))
-        per_dir = pl.BlockSpec((n_dir, block_h, Np), lambda b, h: (0, h, 0))
-        rows = pl.BlockSpec((None, n_dir, Lp, block_h), lambda b, h: (b, 0, 0, h))
+        per_seq, per_state, per_dir, rows = _specs(Lp, block_h, Np, n_dir)
         seq_dir = pl.BlockSpec((None, n_dir, block_h, Np), lambda b, h: (b, 0, h, 0))
         seq_state = pl.BlockSpec((None, block_h, Np), lambda b, h: (b, h, 0))
         dtype = u.dtype
@@ -166,52 +224,6 @@ def _run_grads(u, g, Abar, W, reverse, *, chunk, block_h, interpret):
     dW = 2.0 * lax.complex(xwr.sum(0), xwi.sum(0))[:, :H, :N2]
     dAbar = lax.complex(xar.sum(0), xai.sum(0))[:H, :N2]
     return du.sum(axis=1)[:, :L, :H], dAbar, dW
-
-
-def _padded(u, Abar, W, chunk, block_h):
-    """The kernels' operands, padded to their blocks: u (Bz, Lp, Hp); Abar as (re, im) (Hp, Np);
-    W as (re, im) (D, Hp, Np). Padded steps come after the real ones and hold u = 0 (and dy = 0):
-    a backwards scan starts on them with a zero state, which they leave at zero. Padded channels
-    and states have Abar = W = 0."""
-    Bz, L, H = u.shape
-    N2 = Abar.shape[-1]
-    Lp, Hp, Np = round_up(L, chunk), round_up(H, block_h), next_power_of_two(N2)
-    parts = lambda z: (z.real.astype(u.dtype), z.imag.astype(u.dtype))  # noqa: E731
-    a = tuple(pad_axis(pad_axis(x, 0, Hp), 1, Np) for x in parts(Abar))
-    w = tuple(pad_axis(pad_axis(x, 1, Hp), 2, Np) for x in parts(W))
-    return pad_axis(pad_axis(u, 1, Lp), 2, Hp), a, w
-
-
-def _run_scans(u, Abar, W, reverse, *, chunk, block_h, interpret):
-    """Per direction d, the scan of u (Bz, L, H) with Abar (H, N2) and W[d] (H, N2), both
-    complex, backwards in time where reverse[d]: (Bz, D, L, H)."""
-    from jax.experimental import pallas as pl
-
-    Bz, L, H = u.shape
-    n_dir = len(reverse)
-    block_h = min(block_h, next_power_of_two(H))
-    u_p, (ar, ai), (wr, wi) = _padded(u, Abar, W, chunk, block_h)
-    Lp, Hp, Np = u_p.shape[1], u_p.shape[2], ar.shape[1]
-
-    def call(u, ar, ai, wr, wi):  # on one device's share of the batch
-        n = u.shape[0]
-        per_seq = pl.BlockSpec((None, Lp, block_h), lambda b, h: (b, 0, h))
-        per_state = pl.BlockSpec((block_h, Np), lambda b, h: (h, 0))
-        per_dir = pl.BlockSpec((n_dir, block_h, Np), lambda b, h: (0, h, 0))
-        out = pl.BlockSpec((None, n_dir, Lp, block_h), lambda b, h: (b, 0, 0, h))
-        return pl.pallas_call(
-            functools.partial(_scan_kernel, chunk=chunk, n_chunks=Lp // chunk, reverse=tuple(reverse)),
-            out_shape=jax.ShapeDtypeStruct((n, n_dir, Lp, Hp), u.dtype),
-            grid=(n, Hp // block_h),
-            in_specs=[per_seq, per_state, per_state, per_dir, per_dir],
-            out_specs=out,
-            interpret=interpret,
-            compiler_params=compiler_params(interpret, num_warps=4),
-            name="diagonal_scan",
-        )(u, ar, ai, wr, wi)
-
-    y = batch_parallel(call, "b l h, h n, h n, d h n, d h n -> b d l h")(u_p, ar, ai, wr, wi)
-    return y[:, :, :L, :H]
 
 
 def _apply(u, Abar, W, reverse, chunk, block_h, interpret):
