@@ -233,17 +233,16 @@ class S4D(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
-        if self.conv in ("scan", "scan_interpret"):
-            log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
-            W_bwd = W[1] if self.bidirectional else None
-            y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")
-        elif self.conv == "chunked":
-            log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
-            W_bwd = W[1] if self.bidirectional else None
-            y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision,
-                                 scan=resolve_scan(self.chunk_scan, "xla"))
-        else:
+        if self.conv == "fft":
             K = self.kernel(u.shape[-2]).astype(x.dtype)
             y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])
+        else:  # from the discrete system itself, without the length-L kernel
+            log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
+            W_bwd = W[1] if self.bidirectional else None
+            if self.conv == "chunked":
+                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision,
+                                     scan=resolve_scan(self.chunk_scan, "xla"))
+            else:
+                y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")
         y = y + self.D.astype(x.dtype) * x
         return y.astype(u.dtype)
