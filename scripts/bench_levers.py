@@ -37,7 +37,8 @@ s4d-conv: S4D's bidirectional SSM from its parameters to the output (vjp with re
   between chunks), with float32 products (`highest`) or TF32 tensor cores allowed (`default`),
   the states carried across chunks by XLA's scan or (`fused`, on a GPU) the fused kernel, and
   against `scan` (ssm.diagonal_scan: the recurrence in a Pallas kernel, states on chip; off a
-  GPU interpreted), its gradients by a second kernel or by an FFT cross-correlation. Also at the issue's S4D ListOps reference shape (32 x 2048 x 256, N 4).
+  GPU interpreted), its gradients by a second kernel or by an FFT cross-correlation. Also at
+  the issue's S4D ListOps reference shape (32 x 2048 x 256, N 4).
 glu: the S4 / S4D block's output part, GELU, a dense layer to 2H and a GLU (vjp with respect to
   the input, the kernel and the bias) at the presets' shapes: `one (H, 2H) matmul` (as
   model.OutputActivation computes it) against `two (H, H) matmuls` on the kernel's halves.
@@ -288,21 +289,24 @@ def s4d_conv_variants(B, L, H, N):
         for T, prec in [(128, "highest"), (64, "default"), (128, "default"), (256, "default"), (512, "default")]:
             variants[f"chunked {T} {prec} fused"] = chunked(T, prec, "fused")
 
-    def scan(grads, **tiles):
-        def f(u, *ssm):
-            log_a, W = s4d_system(*ssm)
-            return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available(), grads=grads, **tiles)
-
-        return f
-
     suffix = "" if fused_scan_available() else " (interpreted)"
     for grads in GRADS:
-        variants[f"scan, {grads} grads{suffix}"] = scan(grads)
+        variants[f"scan, {grads} grads{suffix}"] = s4d_scan(grads)
     if fused_scan_available():  # the kernels' tiles: channels per program, steps loaded together
         for tiles in ({"block_h": 8}, {"block_h": 32}, {"chunk": 16}):
             name = ", ".join(f"{k} {v}" for k, v in tiles.items())
-            variants[f"scan, kernel grads, {name}"] = scan("kernel", **tiles)
+            variants[f"scan, kernel grads, {name}"] = s4d_scan("kernel", **tiles)
     return variants
+
+
+def s4d_scan(grads, **tiles):
+    """S4D's bidirectional SSM from its parameters by the recurrence kernel (interpreted off a GPU)."""
+
+    def f(u, *ssm):
+        log_a, W = s4d_system(*ssm)
+        return diagonal_scan_conv(u, log_a, W[0], W[1], interpret=not fused_scan_available(), grads=grads, **tiles)
+
+    return f
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Do the fused scan kernels compile and agree with the XLA routes on this machine's GPU?
 
-    python scripts/check_fused_scan.py [--mamba B,L,E,N] [--s5 B,L,P] [--s4d B,L,H,N2] [--steps 10]
+    python scripts/check_fused_scan.py [--mamba B,L,E,N] [--s5 B,L,P] [--s4d B,L,H,N] [--steps 10]
 
 Mamba's selective scan (ssm/mamba_kernel.py), S5's time-invariant scan (ssm/lti_kernel.py) and
 S4D's bidirectional convolution as a recurrence (ssm/diagonal_scan.py, against the FFT route):
@@ -25,10 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_levers import mamba_scan_inputs, mamba_scan_variants  # noqa: E402 (scripts/, beside this file)
+from bench_levers import (  # noqa: E402 (scripts/, beside this file)
+    mamba_scan_inputs,
+    mamba_scan_variants,
+    s4d_conv_inputs,
+    s4d_conv_variants,
+    s4d_scan,
+)
 
-from ssm_lra.ssm.conv import bidirectional_fft_conv, vandermonde_kernel
-from ssm_lra.ssm.diagonal_scan import GRADS, diagonal_scan_conv
+from ssm_lra.ssm.diagonal_scan import GRADS
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.scan import lti_scan
 
@@ -58,24 +63,13 @@ def s5_case(Bz, L, P):
     return ("x_re", "x_im", "dlam_re", "dlam_im", "db_re", "db_im"), routes, inputs, cotangent
 
 
-def s4d_case(Bz, L, H, N2):
-    """S4D's bidirectional layer convolution: the FFT route (what `conv=fft` runs) against the
-    recurrence kernel (`conv=scan`), from the same system (log Abar, W forwards and backwards)."""
-    k = jax.random.split(jax.random.PRNGKey(2), 6)
-    log_dt = jnp.log(jax.random.uniform(k[0], (H, 1), minval=1e-3, maxval=1e-1))
-    Lambda = jax.lax.complex(-0.5 * jnp.ones((H, N2)), jnp.pi * jnp.arange(N2) * jnp.ones((H, 1)))
-    log_a = jnp.exp(log_dt) * Lambda
-    W = jax.lax.complex(*jax.random.normal(k[1], (2, 2, H, N2)) * 0.5)
-    u = jax.random.normal(k[2], (Bz, L, H))
-
-    def fft(u, log_a, w_fwd, w_bwd):
-        kernels = [vandermonde_kernel(None, w, L, log_Abar=log_a) for w in (w_fwd, w_bwd)]
-        return bidirectional_fft_conv(u, *kernels)
-
-    interpret = FUSED == "fused_interpret"
-    suffix = " (interpreted)" if interpret else ""
-    routes = {"fft": fft, **{f"scan, {g} grads{suffix}": partial(diagonal_scan_conv, interpret=interpret, grads=g) for g in GRADS}}
-    return ("y", "du", "dlog_a", "dW_fwd", "dW_bwd"), routes, (u, log_a, W[0], W[1]), jax.random.normal(k[3], (Bz, L, H))
+def s4d_case(Bz, L, H, N):
+    """bench_levers' s4d-conv lever: the FFT route (what `conv=fft` runs) against the recurrence
+    kernel (`conv=scan`) with each of its backward passes, from S4D's parameters."""
+    inputs, cotangent = s4d_conv_inputs(Bz, L, H, N)
+    suffix = "" if FUSED == "fused" else " (interpreted)"
+    routes = {"fft": s4d_conv_variants(Bz, L, H, N)["kernel + fft"], **{f"scan, {g} grads{suffix}": s4d_scan(g) for g in GRADS}}
+    return ("y", "du", "dlog_dt", "dlog_A_real", "dA_imag", "dB", "dC"), routes, inputs, cotangent
 
 
 def compare(title, names, routes, inputs, cotangent, steps) -> float:
@@ -114,7 +108,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mamba", default="4,2048,224,16", help="B,L,E,N (default 4,2048,224,16)")
     p.add_argument("--s5", default="8,16384,256", help="B,L,P (default 8,16384,256)")
-    p.add_argument("--s4d", default="64,1024,256,32", help="B,L,H,N2 (default 64,1024,256,32: Pathfinder)")
+    p.add_argument("--s4d", default="64,1024,256,64", help="B,L,H,N (default 64,1024,256,64: Pathfinder)")
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     worst = 0.0

@@ -38,7 +38,7 @@ def triton_kernels(fn, *shapes) -> set[str]:
     return set(re.findall(r'name = "([a-z_]+)"', text))
 
 
-def f32(*shape, dtype=jnp.float32):
+def spec(*shape, dtype=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
@@ -48,7 +48,7 @@ def test_diagonal_scan_kernels_lower_for_cuda(L, H, N2, grads):
     c64 = jnp.complex64
     names = triton_kernels(
         lambda u, la, w0, w1: diagonal_scan_conv(u, la, w0, w1, grads=grads),
-        f32(2, L, H), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64),
+        spec(2, L, H), spec(H, N2, dtype=c64), spec(H, N2, dtype=c64), spec(H, N2, dtype=c64),
     )
     assert "diagonal_scan" in names
     assert ("diagonal_scan_grad" in names) == (grads == "kernel")
@@ -60,15 +60,15 @@ def test_diagonal_scan_kernels_lower_with_the_tiles_the_lever_table_tries(tiles)
     H, N2 = 256, 32
     names = triton_kernels(
         lambda u, la, w0, w1: diagonal_scan_conv(u, la, w0, w1, **tiles),
-        f32(2, 1024, H), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64), f32(H, N2, dtype=c64),
+        spec(2, 1024, H), spec(H, N2, dtype=c64), spec(H, N2, dtype=c64), spec(H, N2, dtype=c64),
     )
     assert {"diagonal_scan", "diagonal_scan_grad"} <= names
 
 
 def test_mamba_and_s5_kernels_lower_for_cuda():
     B, L, E, N = 2, 1024, 224, 16
-    mamba = triton_kernels(selective_scan_fused, f32(B, L, E), f32(B, L, E), f32(E, N), f32(B, L, N), f32(B, L, N), f32(E))
+    mamba = triton_kernels(selective_scan_fused, spec(B, L, E), spec(B, L, E), spec(E, N), spec(B, L, N), spec(B, L, N), spec(E))
     assert {"selective_scan_forward", "selective_scan_backward"} <= mamba
     P = 128
-    lti = triton_kernels(lambda *a: lti_scan_fused(*a, reverse=True), f32(P), f32(P), f32(B, L, P), f32(B, L, P))
+    lti = triton_kernels(lambda *a: lti_scan_fused(*a, reverse=True), spec(P), spec(P), spec(B, L, P), spec(B, L, P))
     assert {"lti_scan_forward", "lti_scan_backward"} <= lti
