@@ -293,7 +293,11 @@ def s4d_conv_variants(B, L, H, N):
     for grads in GRADS:
         variants[f"scan, {grads} grads{suffix}"] = s4d_scan(grads)
     if fused_scan_available():  # the kernels' tiles: channels per program, steps loaded together
-        for tiles in ({"block_h": 8}, {"block_h": 32}, {"chunk": 16}):
+        tile_variants = [{"block_h": 8}, {"block_h": 32}, {"chunk": 16}]
+        if N <= 16:  # few states per channel: room on chip for more channels and longer chunks
+            tile_variants += [{"block_h": 64}, {"block_h": 32, "chunk": 32}, {"block_h": 64, "chunk": 32},
+                              {"block_h": 128, "chunk": 32}, {"block_h": 64, "chunk": 64}]
+        for tiles in tile_variants:
             name = ", ".join(f"{k} {v}" for k, v in tiles.items())
             variants[f"scan, kernel grads, {name}"] = s4d_scan("kernel", **tiles)
     return variants
@@ -481,10 +485,13 @@ def fwd_bwd(f):
     return jax.jit(run)
 
 
-def measure(lever: dict, name: str, dims: tuple, steps: int) -> list[dict]:
+def measure(lever: dict, name: str, dims: tuple, steps: int, only: list[str] | None = None) -> list[dict]:
     primals, cotangent = lever["inputs"](*dims)
     rows, ref = [], None
     variants = lever["variants_for"](*dims) if "variants_for" in lever else lever["variants"]
+    if only:  # the first variant stays: it is what the others are compared with
+        first = next(iter(variants))
+        variants = {k: f for k, f in variants.items() if k == first or any(w in k for w in only)}
     for variant, f in variants.items():
         compiled = fwd_bwd(f).lower(primals, cotangent).compile()
         cost = compiled.cost_analysis()
@@ -508,10 +515,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "levers")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--shapes", help="comma-separated shape names (default: all of the lever's)")
+    p.add_argument("--variants", help="comma-separated parts of variant names: only those (and the first, the baseline)")
     args = p.parse_args(argv)
     lever = LEVERS[args.lever]
     wanted = args.shapes.split(",") if args.shapes else [s[0] for s in lever["shapes"]]
-    rows = [r for name, *dims in lever["shapes"] if name in wanted for r in measure(lever, name, tuple(dims), args.steps)]
+    only = args.variants.split(",") if args.variants else None
+    rows = [r for name, *dims in lever["shapes"] if name in wanted for r in measure(lever, name, tuple(dims), args.steps, only)]
     device = jax.devices()[0]
     header = ["shape", lever["dims"], "variant", "median ms (p10-p90)", "XLA GB", "max rel diff"]
     table = markdown_table(header, [

@@ -9,7 +9,9 @@
 #   part 3: S4D's convolution as a recurrence kernel (conv=scan, ssm/diagonal_scan.py, lever 18):
 #           checked against the FFT route, then its single-lever table (s4d-conv), per shape;
 #   part 4: full training steps of the S4D presets with conv=scan, and of S4 and S4D at the
-#           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan.
+#           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
+#   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
+#           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers.
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -38,6 +40,17 @@ elif [ "$part" = 4 ]; then
   ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
   bench listops-reference s4/listops,s4d/listops $ref
   bench s4d-scan-listops-reference s4d/listops $ref model.mixer.conv=scan
+elif [ "$part" = 5 ]; then
+  # The ListOps reference configuration (N 4): the recurrence kernel's tiles, where the step's
+  # time goes, and the rates one direction and with bfloat16 dense layers.
+  ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
+  timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes listops-reference --variants scan --out "$out/levers"
+  bench listops-reference-one-way s4d/listops $ref model.mixer.bidirectional=false
+  bench listops-reference-bf16 s4/listops,s4d/listops $ref trainer.precision=bfloat16
+  bench listops-reference-one-way-bf16 s4d/listops $ref model.mixer.bidirectional=false trainer.precision=bfloat16
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="  # see device_profile.sh
+  timeout 100 python3 scripts/profile_step.py --experiment s4d/listops --out "$out/profile-listops-reference" $ref
+  timeout 100 python3 scripts/profile_step.py --experiment s4d/pathfinder --out "$out/profile-pathfinder"
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
