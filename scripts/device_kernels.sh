@@ -12,7 +12,7 @@
 #           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
 #   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
 #           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers;
-#   part 6: S4D at that configuration with conv=scan on the tiles for few states, and FFT.
+#   part 6: S4D at that configuration with conv=scan on its default tiles, and FFT.
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -20,6 +20,8 @@ part=${1:-1}
 out=${OUT:-results/bench}
 mkdir -p "$out/levers"
 source scripts/device_env.sh
+# The S4 / S4D ListOps reference configuration (the S4 repository's s4-listops.yaml).
+ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
 bench() {  # name, experiments, overrides...
   python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
     --out "$out" --name "$1" "${@:3}"
@@ -38,13 +40,11 @@ elif [ "$part" = 3 ]; then
   timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes pathx --out "$out/levers"
 elif [ "$part" = 4 ]; then
   bench s4d-scan s4d/listops,s4d/pathfinder,s4d/pathx model.mixer.conv=scan
-  ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
   bench listops-reference s4/listops,s4d/listops $ref
   bench s4d-scan-listops-reference s4d/listops $ref model.mixer.conv=scan
 elif [ "$part" = 5 ]; then
   # The ListOps reference configuration (N 4): the recurrence kernel's tiles, where the step's
   # time goes, and the rates one direction and with bfloat16 dense layers.
-  ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
   timeout 170 python3 scripts/bench_levers.py s4d-conv --shapes listops-reference --variants scan --out "$out/levers"
   bench listops-reference-one-way s4d/listops $ref model.mixer.bidirectional=false
   bench listops-reference-bf16 s4/listops,s4d/listops $ref trainer.precision=bfloat16
@@ -53,9 +53,8 @@ elif [ "$part" = 5 ]; then
   timeout 100 python3 scripts/profile_step.py --experiment s4d/listops --out "$out/profile-listops-reference" $ref
   timeout 100 python3 scripts/profile_step.py --experiment s4d/pathfinder --out "$out/profile-pathfinder"
 elif [ "$part" = 6 ]; then
-  # The recurrence kernel's tiles for few states (diagonal_scan.default_tiles) in the full step at
-  # the ListOps reference configuration, next to the FFT route in the same call; then its tiles.
-  ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
+  # The recurrence kernel on its default tiles in the full step at the ListOps reference
+  # configuration, next to the FFT route in the same call; then its tile table.
   bench listops-reference-scan-tiles s4d/listops $ref model.mixer.conv=scan
   bench listops-reference-fft s4d/listops $ref
   timeout 240 python3 scripts/bench_levers.py s4d-conv --shapes listops-reference --variants scan --out "$out/levers"
