@@ -11,8 +11,9 @@
 #   part 4: full training steps of the S4D presets with conv=scan, and of S4 and S4D at the
 #           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
 #   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
-#           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers;
-#   part 6: S4D at that configuration with conv=scan on its default tiles, and FFT.
+#           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers.
+# (Part 6, the few-states layout's check and full step, lives on branch merge-scan, which has that
+# layout: results/bench/scan-modes-2026-12-03.)
 # Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
 # root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
@@ -52,12 +53,6 @@ elif [ "$part" = 5 ]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="  # see device_profile.sh
   timeout 100 python3 scripts/profile_step.py --experiment s4d/listops --out "$out/profile-listops-reference" $ref
   timeout 100 python3 scripts/profile_step.py --experiment s4d/pathfinder --out "$out/profile-pathfinder"
-elif [ "$part" = 6 ]; then
-  # The recurrence kernel on its default tiles in the full step at the ListOps reference
-  # configuration, next to the FFT route in the same call; then its tile table.
-  bench listops-reference-scan-tiles s4d/listops $ref model.mixer.conv=scan
-  bench listops-reference-fft s4d/listops $ref
-  timeout 240 python3 scripts/bench_levers.py s4d-conv --shapes listops-reference --variants scan --out "$out/levers"
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
