@@ -90,26 +90,44 @@ def stop(proc: subprocess.Popen, grace_s: float = 120) -> None:
         proc.wait()
 
 
-def follow(proc, metrics_path: Path, seen: list, target: float, max_s: float, poll_s: float, started: float) -> str | None:
+class MetricsTail:
+    """The records of a growing JSON-lines file, each read once: every `read` returns those
+    completed since the last one."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.buffer = path, 0, ""
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+            self.offset = f.tell()
+        lines, self.buffer = split_lines(self.buffer, chunk)
+        return [json.loads(line) for line in lines]
+
+
+def take(records: list[dict], seen: list, now: float, target: float) -> bool:
+    """Append the train and validation records to `seen` (with the seconds `now` they were read
+    at); whether a validation accuracy among them reaches the target."""
+    reached = False
+    for record in records:
+        if record.get("split") in ("train", "validation"):
+            seen.append((record, now))
+        reached = reached or (record.get("split") == "validation" and float(record["accuracy"]) >= target)
+    return reached
+
+
+def follow(proc, tail: MetricsTail, seen: list, target: float, max_s: float, poll_s: float, started: float) -> str | None:
     """Read new records until a validation accuracy reaches the target ("target"), the time is up
     ("time limit") or the run ends (None). Appends each train and validation record to `seen`,
     with the seconds since `started` at which it was read."""
-    buffer, offset = "", 0
     while True:
         exited = proc.poll() is not None
         now = time.perf_counter() - started
-        if metrics_path.is_file():
-            with open(metrics_path) as f:
-                f.seek(offset)
-                chunk = f.read()
-                offset = f.tell()
-            lines, buffer = split_lines(buffer, chunk)
-            for line in lines:
-                record = json.loads(line)
-                if record.get("split") in ("train", "validation"):
-                    seen.append((record, now))
-                if record.get("split") == "validation" and float(record["accuracy"]) >= target:
-                    return "target"
+        if take(tail.read(), seen, now, target):
+            return "target"
         if exited:
             return None
         if now > max_s:
@@ -155,13 +173,17 @@ def summarize_run(seen: Sequence[tuple[dict, float]], target: float, stopped_by:
 def watch_run(cmd: list[str], run_dir: Path, log_path: Path, target: float, max_s: float, poll_s: float) -> dict:
     """Run `cmd`, follow run_dir/metrics.jsonl, stop at the target or at max_s; the row of results."""
     seen: list[tuple[dict, float]] = []
+    tail = MetricsTail(run_dir / "metrics.jsonl")
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            stopped_by = follow(proc, run_dir / "metrics.jsonl", seen, target, max_s, poll_s, started)
+            stopped_by = follow(proc, tail, seen, target, max_s, poll_s, started)
         finally:
             stop(proc)  # also when this script is interrupted: never leave a run behind
+    # A run stopped at the time limit finishes its step (an evaluation too) and checkpoints before
+    # it exits: what it wrote after the last poll still counts, at its own time_s.
+    take(tail.read(), seen, time.perf_counter() - started, target)
     # A run we stopped ends with SIGTERM's exit status; only an unprompted end says how it went.
     row = summarize_run(seen, target, stopped_by, proc.returncode if stopped_by is None else None)
     row["wall_s"] = time.perf_counter() - started

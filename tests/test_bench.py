@@ -196,6 +196,34 @@ def test_tta_summarize_run():
     assert tta.summarize_run([], 0.8, None, 1)["status"] == "failed (exit code 1)"
 
 
+# A stand-in for a training run: one train record, then, when stopped (SIGTERM), the evaluation it
+# was in the middle of, written on its way out.
+STOPPED_RUN = r"""
+import json, signal, sys, time
+path = sys.argv[1]
+def finish(*_):
+    with open(path, "a") as f:
+        f.write(json.dumps({"split": "validation", "step": 2, "accuracy": 0.9, "time_s": 1.5}) + "\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, finish)
+with open(path, "a") as f:
+    f.write(json.dumps({"split": "train", "step": 1, "loss": 0.7, "time_s": 0.5}) + "\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_tta_counts_records_a_run_writes_after_the_time_limit(tmp_path):
+    tta = load_tta()
+    metrics = tmp_path / "metrics.jsonl"
+    cmd = [sys.executable, "-c", STOPPED_RUN, str(metrics)]
+    row = tta.watch_run(cmd, tmp_path, tmp_path / "log.txt", target=0.8, max_s=2.0, poll_s=0.05)
+    assert row["stopped_by"] == "time limit"
+    assert row["status"] == "reached" and row["step_at_target"] == 2
+    assert row["minutes_to_target"] == pytest.approx(1.5 / 60)
+    assert [c["step"] for c in row["validation"]] == [2]
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end on CPU.
 
