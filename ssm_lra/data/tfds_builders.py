@@ -68,6 +68,14 @@ def _builder_classes():
     """Defined lazily: importing tensorflow_datasets takes seconds and registers the classes globally."""
     import tensorflow_datasets as tfds
 
+    class LocalDatasetInfo(tfds.core.DatasetInfo):
+        """These datasets are built from the user's files, so TFDS' bucket holds no metadata of
+        theirs. TFDS looks there whenever a builder is made before its dataset is prepared, and
+        leaves an empty temporary directory behind each time."""
+
+        def initialize_from_bucket(self) -> None:
+            pass
+
     class FromTaskModule(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """A builder over one source folder, with features from `_features()`. By default the examples
         come from the task module's `split_examples(source, **options)` (ssm_lra.data.<TASK>); ListOps
@@ -86,7 +94,7 @@ def _builder_classes():
             raise NotImplementedError
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(self._features()))
+            return LocalDatasetInfo(builder=self, features=tfds.features.FeaturesDict(self._features()))
 
         def _split_generators(self, dl_manager):
             import importlib

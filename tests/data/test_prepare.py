@@ -74,3 +74,18 @@ def test_a_run_that_looks_while_another_finishes_preparing_sees_every_split(tmp_
     monkeypatch.setattr(tfds_builders, "builder_class", lambda task: builder_made_too_early)
     task, data = {"name": "listops", "seq_len": 32}, {"root": str(tmp_path), "cache_dir": str(cache)}
     assert len(load_task_data(task, data).splits["train"]) == 3
+
+
+def test_preparing_leaves_no_temporary_directories(tmp_path, monkeypatch):
+    """TFDS looks up metadata of unprepared datasets in its bucket through a temporary directory
+    it never removes; ours are built from local files and skip that lookup."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    source = tmp_path / "listops-1000"
+    write_split_files(source, ROWS)
+    data = load_task_data({"name": "listops", "seq_len": 32}, {"root": str(tmp_path), "cache_dir": str(tmp_path / "cache")})
+    assert len(data.splits["train"]) == 3
+    assert list(scratch.iterdir()) == []
