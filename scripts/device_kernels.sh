@@ -12,17 +12,24 @@
 #           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
 #   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
 #           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers.
-# (Part 6, the few-states layout's check and full step, lives on branch merge-scan, which has that
-# layout: results/bench/scan-modes-2026-12-03.)
-# Results land in $OUT if set, else results/bench (levers under levers/). Run from the repository
-# root, carrying .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
+#   part 6: where the convolution by chunks stops beating the FFT as the states grow (lever 19:
+#           +21% at N 4, -25% at N 64): S4D at the reference configuration with N 8, 16 and 32,
+#           each by FFT and by chunks of 64 with TF32 products.
+# (The few-states layout's check and full step live on branch merge-scan, which has that layout:
+# results/bench/scan-modes-2026-12-03.)
+# Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
+# as $OUT/results.tgz: a call brings back at most 8 files. Run from the repository root, carrying
+# .whl:  SSM_LRA_GIT_COMMIT=<hash> bash scripts/device_kernels.sh 1   (then 2)
 set -uo pipefail
 part=${1:-1}
-out=${OUT:-results/bench}
+if [ -n "${OUT:-}" ]; then out=/tmp/device-kernels; else out=results/bench; fi
 mkdir -p "$out/levers"
+pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" -C "$out" .; fi; }
+trap pack EXIT
 source scripts/device_env.sh
 # The S4 / S4D ListOps reference configuration (the S4 repository's s4-listops.yaml).
-ref="model.n_layers=6 model.d_model=256 model.mixer.d_state=4 trainer.batch_size=32"
+shape="model.n_layers=6 model.d_model=256 trainer.batch_size=32"
+ref="$shape model.mixer.d_state=4"
 bench() {  # name, experiments, overrides...
   python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
     --out "$out" --name "$1" "${@:3}"
@@ -53,6 +60,12 @@ elif [ "$part" = 5 ]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="  # see device_profile.sh
   timeout 100 python3 scripts/profile_step.py --experiment s4d/listops --out "$out/profile-listops-reference" $ref
   timeout 100 python3 scripts/profile_step.py --experiment s4d/pathfinder --out "$out/profile-pathfinder"
+elif [ "$part" = 6 ]; then
+  for n in 8 16 32; do
+    bench "reference-n$n-fft" s4d/listops $shape model.mixer.d_state=$n
+    bench "reference-n$n-chunk64" s4d/listops $shape model.mixer.d_state=$n model.mixer.conv=chunked \
+      model.mixer.chunk_precision=default model.mixer.chunk_size=64
+  done
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
