@@ -5,7 +5,7 @@ others wait and reuse it):
 - `shared_smoke_run`: a `trainer=smoke` Pathfinder run (real-valued inputs, so every inspection
   command applies: evaluate, robustness, inspect_kernels, preview);
 - `shared_listops_smoke_run`: the default `trainer=smoke` run (S4D on ListOps, W&B offline), which
-  the single-device reference of the multi-device tests and the smoke test itself read;
+  the single-device reference of the two-device test and the smoke test itself read;
 - `shared_multirun`: a Hydra multirun of two ListOps smoke runs (seeds 0 and 1), for the multirun
   and the results-table tests."""
 
