@@ -227,7 +227,10 @@ def test_real_format_data_root(cache_dir, tmp_path):
     """data.root pointing at a release-style folder is read through the same path as generated data."""
     write_listops(tmp_path / "lra_release" / "listops-1000")
     run_dir = tmp_path / "run"
-    args = ["trainer=smoke", f"data.root={tmp_path / 'lra_release'}", "trainer.batch_size=2", "logger=none", f"hydra.run.dir={run_dir}"]
+    args = [
+        "trainer=smoke", f"data.root={tmp_path / 'lra_release'}", "trainer.batch_size=2", SHORT, "model.n_layers=1",
+        "logger=none", f"hydra.run.dir={run_dir}",
+    ]
     result = train(args, cache_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = check_summary(run_dir)
@@ -359,7 +362,9 @@ def test_pathfinder_tasks_generate_and_train_a_smoke_run(task, seq_len, cache_di
         run_dir, cache_dir = shared_smoke_run(tmp_path_factory)
     else:
         run_dir = tmp_path / "run"
-        result = train([f"task={task}", "trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
+        # One layer: the data path is what is tested, and each layer costs most at 16,384 steps.
+        args = [f"task={task}", "trainer=smoke", "model.n_layers=1", "logger=none", f"hydra.run.dir={run_dir}"]
+        result = train(args, cache_dir, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     summary = check_summary(run_dir)
     assert summary["task"] == task and summary["seq_len"] == seq_len and summary["steps"] == 4
