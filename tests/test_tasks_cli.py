@@ -1,6 +1,7 @@
 """Text, Retrieval and Image end to end through the real entry point, on fixtures in the users' formats.
 
-The runs of one kind are started together (subprocesses in parallel) to keep the file quick.
+The runs of one kind are started together (subprocesses in parallel) to keep the file quick, and
+each trains a model of one layer: the sources and the input paths are what is tested here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ TIMEOUT = 300
 def start(args, cache_dir, cwd, tfds_dir):
     env = {**os.environ, "SSM_LRA_CACHE": str(cache_dir), "TFDS_DATA_DIR": str(tfds_dir), "WANDB_SILENT": "true"}
     env.pop("SSM_LRA_DATA", None)
-    cmd = [sys.executable, "-m", "ssm_lra.train", "trainer=smoke", "logger=none", *args]
+    cmd = [sys.executable, "-m", "ssm_lra.train", "trainer=smoke", "model.n_layers=1", "logger=none", *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
