@@ -99,12 +99,14 @@ def test_local_submitit_multirun_runs_two_jobs(tmp_path):
     env.pop("SSM_LRA_DATA", None)
     cmd = [
         sys.executable, "-m", "ssm_lra.train", "-m", "hydra/launcher=local", "seed=0,1", "trainer=smoke",
-        "task.seq_len=64", "logger=none", f"hydra.sweep.dir={sweep}",
+        # The tiny task's length (task.seq_len would be replaced by task.tiny.seq_len) and one layer:
+        # the launcher is what is tested.
+        "task.tiny.seq_len=64", "model.n_layers=1", "logger=none", f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert len(summaries) == 2 and {s["seed"] for s in summaries} == {0, 1}
-    assert all(s["steps"] == 4 for s in summaries)
+    assert all(s["steps"] == 4 and s["seq_len"] == 64 for s in summaries)
     # submitit's own logs: one per job, under the sweep directory.
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
