@@ -12,6 +12,7 @@
 #           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
 #   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
 #           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers.
+#   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
 #   part 6: where the convolution by chunks stops beating the FFT as the states grow (lever 19:
 #           +21% at N 4, -25% at N 64): S4D at the reference configuration with N 8, 16 and 32,
 #           each by FFT and by chunks of 64 with TF32 products.
@@ -69,6 +70,16 @@ elif [ "$part" = 6 ]; then
     bench "reference-n$n-fft" s4d/listops $shape model.mixer.d_state=$n
     bench "reference-n$n-chunk64" s4d/listops $shape model.mixer.d_state=$n $chunks
   done
+elif [ "$part" = 7 ]; then
+  # conv=auto (chunks at N <= 32 on a GPU) against the FFT at the reference configuration; XLA's
+  # dense layers through cuBLAS instead of its Triton GEMM fusions (the forward Dense ran as a Triton
+  # fusion at twice the time of the same-size cuBLAS products in the backward pass); S4D one way.
+  bench reference-auto s4d/listops $ref
+  bench reference-fft s4d/listops $ref model.mixer.conv=fft
+  bench pathfinder s4d/pathfinder
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" bench reference-auto-cublas s4d/listops $ref
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" bench pathfinder-cublas s4d/pathfinder
+  bench reference-auto-one-way-bf16 s4d/listops $ref model.mixer.bidirectional=false trainer.precision=bfloat16
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused

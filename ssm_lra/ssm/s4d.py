@@ -29,10 +29,10 @@ from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermond
 from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
-from ssm_lra.ssm.pallas_common import check_fused_scan_runs, resolve_scan
+from ssm_lra.ssm.pallas_common import check_fused_scan_runs, fused_scan_available, resolve_scan
 from ssm_lra.ssm.scan import check_chunk_size
 
-__all__ = ["CONVS", "S4D", "S4D_INITS", "SSM_PARAM_NAMES", "s4d_kernel", "s4d_system"]
+__all__ = ["CONVS", "S4D", "S4D_INITS", "SSM_PARAM_NAMES", "resolve_conv", "s4d_kernel", "s4d_system"]
 
 # Parameters of the continuous SSM (A, B, dt). Training puts them in their own optimizer group
 # (smaller learning rate, no weight decay): decaying A towards 0 would push the poles onto the
@@ -44,7 +44,21 @@ S4D_INITS = (*DIAGONAL_INITS, "ptd")
 # How the layer applies its kernel, the same output every way: `model.mixer.conv`. "scan" is a
 # Pallas GPU kernel; "scan_interpret" runs it through Pallas' interpreter on any backend (slow:
 # for checks).
-CONVS = ("fft", "chunked", "scan", "scan_interpret")
+CONVS = ("auto", "fft", "chunked", "scan", "scan_interpret")
+# What `conv="auto"` picks: on a GPU with at most this many states, the convolution by chunks of
+# AUTO_CHUNK steps with TF32 products (the dense layers' precision there); the FFT otherwise. On an
+# H200 at 6 x 256 channels, batch 32 x 2048, the chunks beat the FFT by 21 / 18 / 10 / 4% at N 4 /
+# 8 / 16 / 32 and lose by 25% at N 64 (results/bench/NOTES.md, lever 19).
+AUTO_CHUNKED_MAX_STATE = 32
+AUTO_CHUNK = 64
+
+
+def resolve_conv(conv: str, d_state: int, on_gpu: bool) -> str:
+    """The route a layer of `d_state` states runs for `conv`: "auto" is "chunked" on a GPU at few
+    states and "fft" otherwise; any other name is kept as given."""
+    if conv != "auto":
+        return conv
+    return "chunked" if on_gpu and d_state <= AUTO_CHUNKED_MAX_STATE else "fft"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +146,9 @@ class S4D(Mixer):
       dt_min, dt_max: range of the log-uniform init of the step dt.
       bidirectional: add an anti-causal SSM sharing A, B, dt with its own C, run on the reversed
         sequence (the two kernels are summed into one FFT conv).
-      conv: "fft" (kernel of length L, FFT convolution), "chunked" (`chunked_ssm_conv`: matmuls
+      conv: "auto" (the measured fastest of the next two: "chunked" with chunks of `chunk_size` or
+        64 steps and TF32 products on a GPU with d_state <= 32, "fft" otherwise: see
+        `resolve_conv`), "fft" (kernel of length L, FFT convolution), "chunked" (`chunked_ssm_conv`: matmuls
         within chunks of `chunk_size` steps, states passed between chunks; `chunk_precision`
         "highest" keeps float32 products, "default" lets GPUs use TF32 tensor cores; `chunk_scan`
         carries the states across chunks: "auto" is the fused kernel on a GPU and "xla" elsewhere)
@@ -150,7 +166,7 @@ class S4D(Mixer):
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     bidirectional: bool = False
-    conv: str = "fft"
+    conv: str = "auto"
     chunk_size: int | None = None
     chunk_precision: str = "highest"
     chunk_scan: str = "auto"
@@ -233,14 +249,18 @@ class S4D(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
-        if self.conv == "fft":
+        conv = resolve_conv(self.conv, self.d_state, fused_scan_available())
+        if conv == "fft":
             K = self.kernel(u.shape[-2]).astype(x.dtype)
             y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])
         else:  # from the discrete system itself, without the length-L kernel
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
-            if self.conv == "chunked":
-                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=self.chunk_size, precision=self.chunk_precision,
+            if conv == "chunked":
+                chunk, precision = self.chunk_size, self.chunk_precision
+                if self.conv == "auto":  # the setting auto's rule was measured with
+                    chunk, precision = chunk or AUTO_CHUNK, "default"
+                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision,
                                      scan=resolve_scan(self.chunk_scan, "xla"))
             else:
                 y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")

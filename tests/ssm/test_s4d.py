@@ -26,7 +26,15 @@ from ssm_lra.ssm.hippo import (
     hippo_legs_normal_eig,
     hippo_legs_nplr,
 )
-from ssm_lra.ssm.s4d import S4D, SSM_PARAM_NAMES, complex_normal_init
+from ssm_lra.ssm import s4d as s4d_module
+from ssm_lra.ssm.s4d import (
+    AUTO_CHUNK,
+    AUTO_CHUNKED_MAX_STATE,
+    S4D,
+    SSM_PARAM_NAMES,
+    complex_normal_init,
+    resolve_conv,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -519,6 +527,41 @@ def test_chunked_layer_matches_recurrence(L, chunk_size, discretization, bidirec
     check_layer_against_recurrence(L, discretization, bidirectional, conv="chunked", chunk_size=chunk_size)
 
 
+@pytest.mark.parametrize(
+    "conv, d_state, on_gpu, route",
+    [("auto", 4, True, "chunked"), ("auto", 32, True, "chunked"), ("auto", 34, True, "fft"), ("auto", 64, True, "fft"),
+     ("auto", 4, False, "fft"), ("fft", 4, True, "fft"), ("chunked", 64, False, "chunked"), ("scan", 4, True, "scan")],
+)
+def test_auto_conv_picks_chunks_on_a_gpu_at_few_states(conv, d_state, on_gpu, route):
+    assert resolve_conv(conv, d_state, on_gpu) == route
+
+
+@pytest.mark.parametrize("N, route", [(8, "chunked"), (AUTO_CHUNKED_MAX_STATE + 2, "fft")])
+def test_auto_conv_as_on_a_gpu_runs_its_route_and_matches_recurrence(monkeypatch, N, route):
+    # As if on a GPU (the chunk scan's own check still sees this CPU and stays on XLA): auto must run
+    # the chunks of AUTO_CHUNK steps with TF32 products at few states, the FFT above, and either way
+    # compute the layer exactly.
+    monkeypatch.setattr(s4d_module, "fused_scan_available", lambda: True)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return chunked_ssm_conv(*args, **kwargs)
+
+    monkeypatch.setattr(s4d_module, "chunked_ssm_conv", spy)
+    H, L = 3, 70
+    layer = make_layer(H, N, bidirectional=True, conv="auto")
+    variables = random_variables(H, N, channels=2, seed=N)
+    u = np.random.default_rng(N).normal(size=(2, L, H))
+    y = layer.apply(variables, jnp.asarray(u))
+    ref = layer_by_recurrence(variables["params"], u, "zoh", True)
+    assert_rel_close(y, ref, 1e-10)
+    if route == "chunked":
+        assert [(c["chunk"], c["precision"], c["scan"]) for c in calls] == [(AUTO_CHUNK, "default", "xla")]
+    else:
+        assert calls == []
+
+
 def test_scan_layer_matches_recurrence():
     check_layer_against_recurrence(19, "zoh", True, conv="scan_interpret")
 
@@ -638,7 +681,7 @@ def test_gradients_match_finite_differences(options):
     [
         ({"ssm_init": "legt"}, "'legs', 'inv', 'lin'"),
         ({"discretization": "euler"}, "'zoh', 'bilinear'"),
-        ({"conv": "direct"}, "'fft', 'chunked', 'scan', 'scan_interpret'"),
+        ({"conv": "direct"}, "'auto', 'fft', 'chunked', 'scan', 'scan_interpret'"),
         ({"conv": "chunked", "chunk_size": 0}, "chunk_size must be a positive integer"),
         ({"conv": "chunked", "chunk_precision": "tf32"}, "'default', 'highest'"),
         ({"conv": "chunked", "chunk_scan": "pallas"}, "'auto', 'xla', 'fused', 'fused_interpret'"),
