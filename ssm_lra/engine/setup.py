@@ -99,9 +99,14 @@ def check_config(cfg: DictConfig) -> Plan:
     from ssm_lra.engine.optim import validate_optimizer_config
     from ssm_lra.model import build_model
 
-    import jax
+    from ssm_lra.engine.xla_options import apply_xla_options
 
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # Before anything asks for a device: that starts the backend, which reads XLA's flags once.
+    apply_xla_options(trainer, OmegaConf.to_container(cfg.model, resolve=True))
+
+    import jax
+
     validate_trainer(trainer, jax.device_count(), jax.process_count())
     validate_optimizer_config(cfg.optimizer)
     check_known_keys("optimizer", dict(cfg.optimizer), CONF_DIR / "optimizer" / f"{cfg.optimizer.name}.yaml")
