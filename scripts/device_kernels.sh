@@ -12,10 +12,10 @@
 #           issue's ListOps reference configuration (6 x 256, N 4, batch 32), FFT and scan;
 #   part 5: at that configuration: the recurrence kernel's tiles at N 4, profiles (and one of
 #           S4D Pathfinder), S4D one way, and S4 and S4D with bfloat16 dense layers.
-#   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
 #   part 6: where the convolution by chunks stops beating the FFT as the states grow (lever 19:
 #           +21% at N 4, -25% at N 64): S4D at the reference configuration with N 8, 16 and 32,
 #           each by FFT and by chunks of 64 with TF32 products.
+#   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -30,7 +30,7 @@ trap pack EXIT
 source scripts/device_env.sh
 # The S4 / S4D ListOps reference configuration (the S4 repository's s4-listops.yaml).
 shape="model.n_layers=6 model.d_model=256 trainer.batch_size=32"
-ref="$shape model.mixer.d_state=4"
+ref="$shape model.mixer.d_state=4"  # parts 4 and 5 predate conv=auto, which runs S4D's chunks here
 bench() {  # name, experiments, overrides...
   python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
     --ceiling-size small --out "$out" --name "$1" "${@:3}"
@@ -67,18 +67,19 @@ elif [ "$part" = 6 ]; then
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 110 python3 scripts/profile_step.py \
     --experiment s4d/listops --out "$out/profile-listops-reference-chunked" $ref $chunks
   for n in 8 16 32; do
-    bench "reference-n$n-fft" s4d/listops $shape model.mixer.d_state=$n
+    bench "reference-n$n-fft" s4d/listops $shape model.mixer.d_state=$n model.mixer.conv=fft
     bench "reference-n$n-chunk64" s4d/listops $shape model.mixer.d_state=$n $chunks
   done
 elif [ "$part" = 7 ]; then
-  # conv=auto (chunks at N <= 32 on a GPU) against the FFT at the reference configuration; XLA's
-  # dense layers through cuBLAS instead of its Triton GEMM fusions (the forward Dense ran as a Triton
-  # fusion at twice the time of the same-size cuBLAS products in the backward pass); S4D one way.
+  # conv=auto (chunks at N <= 32 on a GPU) against the FFT at the reference configuration; every
+  # product through cuBLAS instead of XLA's Triton GEMM fusions (trainer.triton_gemm, lever 20: the
+  # forward dense layer ran as a Triton fusion at twice the time of the same-size cuBLAS products of
+  # the backward pass); S4D one way.
   bench reference-auto s4d/listops $ref
   bench reference-fft s4d/listops $ref model.mixer.conv=fft
-  bench pathfinder s4d/pathfinder
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" bench reference-auto-cublas s4d/listops $ref
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" bench pathfinder-cublas s4d/pathfinder
+  bench pathfinder s4d/pathfinder trainer.triton_gemm=true
+  bench reference-auto-cublas s4d/listops $ref trainer.triton_gemm=false
+  bench pathfinder-cublas s4d/pathfinder trainer.triton_gemm=false
   bench reference-auto-one-way-bf16 s4d/listops $ref model.mixer.bidirectional=false trainer.precision=bfloat16
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
