@@ -177,13 +177,15 @@ def run(cfg: DictConfig) -> dict:
     )
     progress.wandb_run_id = logger.wandb_run_id
     try:
-        state, progress = fit(
-            model, tx, state, data, trainer, cfg.seed, checkpoints, logger, schedule, progress, mesh=mesh
-        )
-        # Test (and re-check validation) at the best-validation checkpoint.
-        best_state, _ = checkpoints.restore("best", state)
-        eval_step = make_eval_step(model)
-        test = evaluate(eval_step, best_state, data, "test", trainer, sharding=batch_sharded(mesh))
+        # Traced under the mesh: the layers split their FFTs and kernels over it (ssm/sharding.py).
+        with jax.set_mesh(mesh):
+            state, progress = fit(
+                model, tx, state, data, trainer, cfg.seed, checkpoints, logger, schedule, progress, mesh=mesh
+            )
+            # Test (and re-check validation) at the best-validation checkpoint.
+            best_state, _ = checkpoints.restore("best", state)
+            eval_step = make_eval_step(model)
+            test = evaluate(eval_step, best_state, data, "test", trainer, sharding=batch_sharded(mesh))
         logger.log({"split": "test", "step": progress.best_step, "epoch": progress.best_epoch, **test})
         steps = int(jax.device_get(state.step))
         peaks = peak_device_memory_gib()

@@ -255,6 +255,12 @@ def saved_arrays(run_dir, kind):
     return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def compiled_train_steps(cache: Path) -> list[str]:
+    """The training steps in a compilation cache. (Smaller programs are kept only when their
+    compilation took over a second, which depends on the machine's load.)"""
+    return sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_train_step"))
+
+
 EXACT_KEYS = (
     "steps", "epochs", "best_val_accuracy", "best_step", "test_accuracy", "test_loss", "test_examples",
     "nonfinite_loss_steps", "params",
@@ -285,12 +291,11 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
     assert "Resume with" in stderr and "Traceback" not in stderr
     stopped_at = max(r["step"] for r in read_metrics(run_dir) if r["split"] == "train")
     assert stopped_at < 100 and stopped_at % 48 != 0  # 48 batches per epoch: stopped mid-epoch
-    compiled_before = sorted(p.name for p in compiled.iterdir())
+    compiled_before = compiled_train_steps(compiled)
     resumed = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # The resumed run loaded the steps the first runs compiled (and they compute the same numbers).
-    assert any(name.startswith("jit_train_step") for name in compiled_before), compiled_before
-    assert sorted(p.name for p in compiled.iterdir()) == compiled_before
+    # The resumed run loaded the step the first runs compiled (and it computes the same numbers).
+    assert compiled_before and compiled_train_steps(compiled) == compiled_before
     assert f"Resuming from {run_dir / 'checkpoints' / 'latest'} at step {stopped_at}." in resumed.stdout
     train_steps = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
     assert sorted(train_steps) == list(range(1, 101))  # every step trained exactly once
@@ -307,12 +312,18 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
 
 
 def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_dir, tmp_path):
-    """Data parallel over 2 (host-platform) devices: same loss trajectory as the 1-device smoke run."""
+    """Data parallel over 2 (host-platform) devices: same loss trajectory as the 1-device smoke run,
+    and a second run (a requeued job) loads the compiled steps instead of compiling them again."""
     one_dir, *_ = smoke_run
-    run_dir = tmp_path / "run"
+    run_dir, compiled = tmp_path / "run", tmp_path / "compiled"
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    result = train(["trainer=smoke", "logger=none", f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, extra_env=env)
+    args = ["trainer=smoke", "logger=none", f"trainer.compilation_cache={compiled}"]
+    result = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, extra_env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    compiled_first = compiled_train_steps(compiled)
+    again = train([*args, f"hydra.run.dir={tmp_path / 'again'}"], cache_dir, tmp_path, extra_env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert compiled_first and compiled_train_steps(compiled) == compiled_first
     assert "devices: 2 x cpu" in result.stdout
     summary = check_summary(run_dir)
     assert summary["devices"] == 2

@@ -9,52 +9,37 @@ __all__ = ["batch_parallel"]
 
 
 def batch_parallel(fn, rule: str):
-    """`fn` made splittable along its batch by XLA's partitioner, each device running it on its
-    own share. The partitioner cannot see into a Pallas call, and it does not split an FFT along
-    its untransformed axes either (openxla/xla#24, jax-ml/jax#15680): without this it gathers a
-    batch-sharded input onto every device and runs the whole batch everywhere. Not
-    differentiable by itself: callers wrap it in a custom_vjp.
+    """`fn` run by each device on its own rows of the batch, under the mesh the caller set with
+    `jax.set_mesh` (the training engine sets its data mesh). XLA's partitioner cannot see into a
+    Pallas call, and it does not split an FFT along its untransformed axes either
+    (openxla/xla#24, jax-ml/jax#15680): without this it gathers a batch-sharded input onto every
+    device and runs the whole batch everywhere. Without a mesh of several devices, or with a
+    batch that does not split evenly over it, `fn` runs as it is.
 
-    rule: the Shardy sharding rule of fn's arrays, factor "b" the batch (leading in every batched
-    operand and in every result), e.g. "b l e, e n -> b l e": the other factors are kept whole
-    (replicated), so the per-device call sees full lengths, channels and states. fn: arrays only
-    (bind anything static first).
+    A `shard_map`, not a `custom_partitioning`: the latter keeps a Python callback in the compiled
+    program, which changes its compilation-cache key in every process, so multi-device runs never
+    found their compiled steps in the cache.
+
+    rule: fn's arrays, factor "b" the batch (leading in every batched operand and in every
+    result), e.g. "b l e, e n -> b l e"; every other factor is kept whole on each device, so the
+    per-device call sees full lengths, channels and states. fn: arrays only (bind anything static
+    first).
     """
-    from jax.experimental.custom_partitioning import custom_partitioning
-    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    inputs = rule.split("->")[0].split(",")
+    inputs, outputs = (side.split(",") for side in rule.split("->"))
     batched = [operand.split()[0] == "b" for operand in inputs]
-    # Every factor but the batch, in the order the rule first names them (Shardy wants them so).
-    factors = rule.replace(",", " ").replace("->", " ").split()
-    others = [f for i, f in enumerate(factors) if f != "b" and f not in factors[:i]]
+    if not all(operand.split()[0] == "b" for operand in outputs):
+        raise ValueError(f"every result of a batch_parallel rule must lead with the batch: {rule!r}")
 
-    def batch_axis(arg_shapes):
-        for shape, is_batched in zip(arg_shapes, batched):
-            sharding = getattr(shape, "sharding", None)
-            if is_batched and isinstance(sharding, NamedSharding) and len(sharding.spec):
-                return sharding.spec[0]
-        return None
+    def run(*args):
+        mesh = jax.sharding.get_abstract_mesh()
+        rows = next(a.shape[0] for a, b in zip(args, batched) if b)
+        if mesh.empty or mesh.size == 1 or rows % mesh.size:
+            return fn(*args)
+        rows_spec = P(mesh.axis_names)
+        in_specs = tuple(rows_spec if b else P() for b in batched)
+        # Pallas calls carry no varying-across-devices types, so that check stays off.
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=rows_spec, check_vma=False)(*args)
 
-    def shardings(mesh, arg_shapes, result_shape):
-        axis = batch_axis(arg_shapes)
-        args = tuple(NamedSharding(mesh, P(axis) if b else P()) for b in batched)
-        results = jax.tree.map(lambda _: NamedSharding(mesh, P(axis)), result_shape)
-        return args, results
-
-    def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
-        return shardings(mesh, arg_shapes, result_shape)[1]
-
-    def partition(mesh, arg_shapes, result_shape):
-        args, results = shardings(mesh, arg_shapes, result_shape)
-        return mesh, fn, results, args
-
-    wrapped = custom_partitioning(fn)
-    wrapped.def_partition(
-        partition=partition,
-        infer_sharding_from_operands=infer_sharding_from_operands,
-        sharding_rule=rule,
-        need_replication_factors=tuple(others),
-    )
-    return wrapped
+    return run

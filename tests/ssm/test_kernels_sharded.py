@@ -1,8 +1,8 @@
 """The fused scan kernels and the FFT convolution under data parallelism: on two CPU devices,
 with the batch sharded, each device runs the kernel or the FFTs on its own share (no input
 gathered onto every device), and values and gradients equal the one-device run. The kernels run
-through Pallas' interpreter here; on a GPU the same partitioning rule (sharding.batch_parallel)
-splits the Triton calls and the FFTs."""
+through Pallas' interpreter here; on a GPU the same shard_map (sharding.batch_parallel) splits the
+Triton calls and the FFTs."""
 
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ for name, (fn, inputs) in cases.items():
     step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(inputs)))))
     one_device = step(*inputs)
     sharded = [jax.device_put(x, NamedSharding(mesh, P("data") if x.ndim == 3 else P())) for x in inputs]
-    two_devices = step(*sharded)
+    with jax.set_mesh(mesh):  # as the training engine runs its steps
+        two_devices = step(*sharded)
+        gathers = "all-gather" in step.lower(*sharded).compile().as_text()
     worst = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
                 for a, b in zip(jax.tree.leaves(two_devices), jax.tree.leaves(one_device)))
-    gathers = "all-gather" in step.lower(*sharded).compile().as_text()
     print(f"{name} {worst:.3e} {gathers}")
 '''
 
