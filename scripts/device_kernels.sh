@@ -16,6 +16,8 @@
 #           +21% at N 4, -25% at N 64): S4D at the reference configuration with N 8, 16 and 32,
 #           each by FFT and by chunks of 64 with TF32 products.
 #   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
+#   parts 8 and 9: the S5 family with and without Triton GEMMs (lever 20), then a profile of S4D
+#           Pathfinder with cuBLAS products.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -32,7 +34,7 @@ source scripts/device_env.sh
 shape="model.n_layers=6 model.d_model=256 trainer.batch_size=32"
 ref="$shape model.mixer.d_state=4"  # parts 4 and 5 predate conv=auto, which runs S4D's chunks here
 bench() {  # name, experiments, overrides...
-  python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout 120 --max-minutes 2.1 \
+  python3 -m ssm_lra.bench --experiments "$2" --steps 20 --warmup 2 --timeout "${BENCH_TIMEOUT:-120}" --max-minutes "${BENCH_MINUTES:-2.1}" \
     --ceiling-size small --out "$out" --name "$1" "${@:3}"
 }
 if [ "$part" = 1 ]; then
@@ -81,6 +83,22 @@ elif [ "$part" = 7 ]; then
   bench reference-auto-cublas s4d/listops $ref trainer.triton_gemm=false
   bench pathfinder-cublas s4d/pathfinder trainer.triton_gemm=false
   bench reference-auto-one-way-bf16 s4d/listops $ref model.mixer.bidirectional=false trainer.precision=bfloat16
+elif [ "$part" = 8 ]; then
+  # Lever 20 for the S5 family (s5_ptd/pathfinder gained 8% without Triton GEMMs): the other
+  # presets, each with XLA's Triton GEMMs and with cuBLAS products, pairs back to back.
+  for e in s5/listops s5_ptd/listops s5/pathfinder; do
+    bench "${e/\//-}-triton" "$e" trainer.triton_gemm=true
+    bench "${e/\//-}-cublas" "$e" trainer.triton_gemm=false
+  done
+elif [ "$part" = 9 ]; then
+  export BENCH_TIMEOUT=170 BENCH_MINUTES=3  # Path-X compiles and steps take longer
+  for e in s5/pathx s5_ptd/pathx; do
+    bench "${e/\//-}-triton" "$e" trainer.triton_gemm=true
+    bench "${e/\//-}-cublas" "$e" trainer.triton_gemm=false
+  done
+  # What S4D Pathfinder's step (11% short of its target) is made of with cuBLAS products.
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
+    --experiment s4d/pathfinder --out "$out/profile-pathfinder-cublas"
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
