@@ -76,11 +76,6 @@ def collate(
     return finish_batch(parts, label, seq_len, tokens, scale, offset, dual)
 
 
-def pad_example(example: dict, seq_len: int, tokens: bool, scale: float = 1.0, offset: int = 0, dual: bool = False) -> dict:
-    """One example as fixed-shape arrays (`collate` of a batch of one, without the batch axis)."""
-    return {key: value[0] for key, value in collate([example], seq_len, tokens, scale, offset, dual).items()}
-
-
 def read_examples(source: Sequence, indices: np.ndarray) -> list:
     """source[i] for each index, through the source's batch read where it has one (TFDS's data sources)."""
     indices = [int(i) for i in indices]

@@ -2,10 +2,15 @@
 
 import numpy as np
 
-from ssm_lra.data.pipeline import batches, collate, num_batches, pad_example
+from ssm_lra.data.pipeline import batches, collate, num_batches
 from ssm_lra.data.tasks import TaskSpec
 
 SPEC = TaskSpec("toy", seq_len=6, num_classes=10, vocab_size=20)
+
+
+def pad_example(example, seq_len, tokens, **options):
+    """One example as `collate` makes it in a batch of one, without the batch axis."""
+    return {key: value[0] for key, value in collate([example], seq_len, tokens, **options).items()}
 
 
 def source(n=23):
