@@ -247,6 +247,7 @@ def test_bench_smoke_end_to_end(tmp_path):
     for row in doc["rows"]:
         assert row["status"] == "ok" and row["layer_status"] == "ok", row
         assert (row["batch_size"], row["seq_len"], row["d_model"], row["n_layers"]) == (4, 64, 16, 1)
+        assert "--xla_gpu_enable_triton_gemm=false" in row["xla_flags"]  # S4D's FFT route: trainer.triton_gemm=auto
         step = row["step"]
         assert step["params"] > 0 and step["compile_s"] > 0 and step["loss_finite"]
         times = step["step_s"]
