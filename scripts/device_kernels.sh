@@ -18,6 +18,8 @@
 #   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
 #   parts 8 and 9: the S5 family with and without Triton GEMMs (lever 20), then a profile of S4D
 #           Pathfinder with cuBLAS products.
+#   part 10: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes;
+#   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -99,6 +101,33 @@ elif [ "$part" = 9 ]; then
   # What S4D Pathfinder's step (11% short of its target) is made of with cuBLAS products.
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
     --experiment s4d/pathfinder --out "$out/profile-pathfinder-cublas"
+elif [ "$part" = 10 ]; then
+  # A finer knob than lever 20: --xla_gpu_triton_gemm_any=false sends plain dots to cuBLAS and keeps
+  # Triton for dots fused with their neighbours (the chunked route's within-chunk products).
+  any="--xla_gpu_triton_gemm_any=false"
+  bench pathfinder-triton s4d/pathfinder trainer.triton_gemm=true
+  bench pathfinder-cublas s4d/pathfinder
+  XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
+  XLA_FLAGS="${XLA_FLAGS:-} $any" bench reference-auto-any-false s4d/listops $ref
+elif [ "$part" = 11 ]; then
+  # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
+  # backward pass needs no concatenation of the halves' gradients. The model is patched for this
+  # call only (restored on exit).
+  bench pathfinder-one-product s4d/pathfinder
+  bench s4-pathfinder-one-product s4/pathfinder
+  cp ssm_lra/model.py /tmp/model.py.orig
+  trap 'cp /tmp/model.py.orig ssm_lra/model.py; pack' EXIT
+  python3 - <<'PATCH'
+p = "ssm_lra/model.py"
+s = open(p).read()
+one = "return drop(nn.glu(nn.Dense(2 * self.d_model, dtype=self.dtype)(act), axis=-1))"
+two = ("return drop(nn.Dense(self.d_model, dtype=self.dtype)(act)"
+       " * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))")
+assert one in s
+open(p, "w").write(s.replace(one, two))
+PATCH
+  bench pathfinder-two-products s4d/pathfinder
+  bench s4-pathfinder-two-products s4/pathfinder
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
