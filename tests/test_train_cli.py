@@ -75,6 +75,7 @@ def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
     run_dir, stdout, stderr = smoke_run
     summary = check_summary(run_dir)
     assert summary["model"] == "s4d" and summary["task"] == "listops" and summary["steps"] == 4
+    assert "--xla_gpu_enable_triton_gemm=false" in summary["xla_flags"]  # S4D's FFT route: triton_gemm=auto
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
     assert {r["split"] for r in records} == {"train", "validation", "test"}
