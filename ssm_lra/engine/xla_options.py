@@ -50,3 +50,4 @@ def apply_xla_options(trainer_cfg: Mapping, model_cfg: Mapping, environ: Mutable
                         "XLA keeps its Triton GEMMs in this process.")
         return
     environ["XLA_FLAGS"] = f"{flags} {TRITON_GEMM_FLAG}=false".strip()
+    log.info("trainer.triton_gemm: XLA_FLAGS += %s=false (cuBLAS matrix products on a GPU)", TRITON_GEMM_FLAG)
