@@ -270,6 +270,7 @@ def test_bench_smoke_end_to_end(tmp_path):
         )
         assert row["experiment"] in md
     assert "Command:" in md and "Measured ceilings" in md and env["jax_version"] in md
+    assert "- s4d/listops: `" in md and "--xla_gpu_enable_triton_gemm=false" in md
 
 
 def test_time_back_to_back_runs_each_step_once_in_order():

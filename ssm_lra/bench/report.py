@@ -192,6 +192,10 @@ def markdown(doc: dict) -> str:
             loops = r["layer"]["xla"]["loops"]
             described = "; ".join(f"...{lp['op'] or '?'} ({lp['trips'] or '?'} trips)" for lp in loops[:4])
             parts.append(f"- {r['experiment']}: {len(loops)} loop(s): {described}" + (" ..." if len(loops) > 4 else ""))
+    flagged = [r for r in rows if r.get("xla_flags")]
+    if flagged:
+        parts += ["", "XLA_FLAGS each experiment ran with (the environment's and its config's, e.g. trainer.triton_gemm):", ""]
+        parts += [f"- {r['experiment']}: `{r['xla_flags']}`" for r in flagged]
     failures = [r for r in rows if r.get("error") or r.get("layer_error")]
     if failures:
         parts += ["", "## Failures", ""]
