@@ -19,7 +19,8 @@
 #   parts 8 and 9: the S5 family with and without Triton GEMMs (lever 20), then a profile of S4D
 #           Pathfinder with cuBLAS products.
 #   part 10: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes;
-#   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products.
+#   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
+#   part 12: parts 10 and 11 in one call, the shared baseline once.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -109,6 +110,21 @@ elif [ "$part" = 10 ]; then
   bench pathfinder-cublas s4d/pathfinder
   XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
   XLA_FLAGS="${XLA_FLAGS:-} $any" bench reference-auto-any-false s4d/listops $ref
+elif [ "$part" = 12 ]; then
+  # Parts 10 and 11 in one call, without their repeated baseline: the defaults first (S4D's FFT
+  # route with cuBLAS products; also the single-GPU check after sharding.batch_parallel became a
+  # shard_map), triton_gemm_any=false on both S4D routes, then the GLU as two products.
+  any="--xla_gpu_triton_gemm_any=false"
+  bench pathfinder s4d/pathfinder
+  XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
+  XLA_FLAGS="${XLA_FLAGS:-} $any" bench reference-auto-any-false s4d/listops $ref
+  bench s4-pathfinder s4/pathfinder
+  cp ssm_lra/model.py /tmp/model.py.orig
+  trap 'cp /tmp/model.py.orig ssm_lra/model.py; pack' EXIT
+  python3 scripts/patch_glu_two_products.py
+  bench pathfinder-two-products s4d/pathfinder
+  bench s4-pathfinder-two-products s4/pathfinder
+  bench reference-auto-two-products s4d/listops $ref
 elif [ "$part" = 11 ]; then
   # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
   # backward pass needs no concatenation of the halves' gradients. The model is patched for this
@@ -117,15 +133,7 @@ elif [ "$part" = 11 ]; then
   bench s4-pathfinder-one-product s4/pathfinder
   cp ssm_lra/model.py /tmp/model.py.orig
   trap 'cp /tmp/model.py.orig ssm_lra/model.py; pack' EXIT
-  python3 - <<'PATCH'
-p = "ssm_lra/model.py"
-s = open(p).read()
-one = "return drop(nn.glu(nn.Dense(2 * self.d_model, dtype=self.dtype)(act), axis=-1))"
-two = ("return drop(nn.Dense(self.d_model, dtype=self.dtype)(act)"
-       " * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))")
-assert one in s
-open(p, "w").write(s.replace(one, two))
-PATCH
+  python3 scripts/patch_glu_two_products.py
   bench pathfinder-two-products s4d/pathfinder
   bench s4-pathfinder-two-products s4/pathfinder
 else
