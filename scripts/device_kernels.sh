@@ -20,7 +20,8 @@
 #           Pathfinder with cuBLAS products.
 #   part 10: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes;
 #   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
-#   part 12: parts 10 and 11 in one call, the shared baseline once.
+#   part 12: parts 10 and 11 in one call, the shared baseline once;
+#   part 13: model.glu_products auto (two on the chunked routes) against one.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -125,6 +126,14 @@ elif [ "$part" = 12 ]; then
   bench pathfinder-two-products s4d/pathfinder
   bench s4-pathfinder-two-products s4/pathfinder
   bench reference-auto-two-products s4d/listops $ref
+elif [ "$part" = 13 ]; then
+  # model.glu_products (lever 14 as a setting, the kernel's halves sliced from one parameter):
+  # auto takes two products on the chunked routes; each against one product, back to back.
+  bench reference-auto s4d/listops $ref
+  bench reference-one-product s4d/listops $ref model.glu_products=one
+  export BENCH_TIMEOUT=170 BENCH_MINUTES=3
+  bench pathx-auto s4d/pathx
+  bench pathx-one-product s4d/pathx model.glu_products=one
 elif [ "$part" = 11 ]; then
   # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
   # backward pass needs no concatenation of the halves' gradients. The model is patched for this

@@ -18,6 +18,7 @@ from ssm_lra.ssm import mixer_class
 NORMS = ("batch", "layer")
 ACTIVATIONS = ("glu", "half_glu1", "half_glu2", "gelu", "none")
 POOLINGS = ("mean", "last")
+GLU_PRODUCTS = ("auto", "one", "two")
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -43,6 +44,32 @@ class Norm(nn.Module):
         return nn.LayerNorm()(x)
 
 
+class GatedDense(nn.Module):
+    """x -> a * sigmoid(b), where [a | b] = x W + bias with one (H_in, 2 features) kernel: nn.Dense
+    followed by nn.glu, with the same parameters (names, shapes, initialization).
+
+    split computes a and b as two products on the kernel's halves instead of one. Same values; on a
+    GPU it changes what XLA fuses: without the split, the backward pass writes the two halves'
+    gradients and concatenates them into one (B, L, 2H) array for the kernel's gradient.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    split: bool = False
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (x.shape[-1], 2 * self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (2 * self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if not self.split:
+            return nn.glu(x @ kernel + bias, axis=-1)
+        half = self.features
+        return (x @ kernel[:, :half] + bias[:half]) * jax.nn.sigmoid(x @ kernel[:, half:] + bias[half:])
+
+
 class OutputActivation(nn.Module):
     """What follows the SSM in a block: a nonlinearity and the position-wise output mixing.
 
@@ -54,6 +81,7 @@ class OutputActivation(nn.Module):
     d_model: int
     dropout: float
     dtype: Any = jnp.float32  # compute dtype of the dense layers (parameters stay float32)
+    glu_split: bool = False  # glu: two (H, H) products instead of one (H, 2H) (GatedDense)
 
     @nn.compact
     def __call__(self, y, train: bool):
@@ -63,7 +91,8 @@ class OutputActivation(nn.Module):
         y = y.astype(self.dtype)
         act = drop(nn.gelu(y))
         if self.kind == "glu":
-            return drop(nn.glu(nn.Dense(2 * self.d_model, dtype=self.dtype)(act), axis=-1))
+            # Named as the nn.Dense it replaced, so that checkpoints keep their parameter paths.
+            return drop(GatedDense(self.d_model, self.dtype, self.glu_split, name="Dense_0")(act))
         if self.kind == "half_glu1":
             return drop(act * jax.nn.sigmoid(nn.Dense(self.d_model, dtype=self.dtype)(act)))
         if self.kind == "half_glu2":
@@ -80,6 +109,7 @@ class ResidualBlock(nn.Module):
     activation: str
     dropout: float
     dtype: Any = jnp.float32
+    glu_split: bool = False
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
@@ -91,7 +121,7 @@ class ResidualBlock(nn.Module):
             # Re-zero the padding: normalization maps zeros to nonzero values a mixer would read.
             x = Norm(self.norm)(x, mask, train) * keep
         x = mixer_class(self.mixer)(d_model=self.d_model, **self.mixer_config)(x, mask=mask)
-        x = OutputActivation(self.activation, self.d_model, self.dropout, self.dtype)(x, train)
+        x = OutputActivation(self.activation, self.d_model, self.dropout, self.dtype, self.glu_split)(x, train)
         x = x.astype(skip.dtype) + skip
         if not self.prenorm:
             x = Norm(self.norm)(x, mask, train)
@@ -127,6 +157,7 @@ class SequenceClassifier(nn.Module):
     pooling: str = "mean"
     dual: bool = False
     dtype: Any = jnp.float32  # compute dtype of the non-SSM dense layers (bfloat16: mixed precision)
+    glu_split: bool = False  # activation glu as two products (GatedDense)
 
     @nn.compact
     def __call__(self, inputs, mask, train: bool = False):
@@ -151,6 +182,7 @@ class SequenceClassifier(nn.Module):
                 self.activation,
                 self.dropout,
                 self.dtype,
+                self.glu_split,
                 name=f"block_{i}",
             )(x, mask, train)
         pooled = masked_mean(x, mask) if self.pooling == "mean" else last_valid(x, mask)
@@ -163,6 +195,23 @@ class SequenceClassifier(nn.Module):
 
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def glu_split(model_cfg: Mapping[str, Any], on_gpu: bool) -> bool:
+    """`model.glu_products`: one or two as given; auto is two where S4D's / S4-PTD's convolution
+    runs by chunks on a GPU (faster there, slower on the FFT routes: results/bench/NOTES.md,
+    lever 14), one elsewhere."""
+    setting = model_cfg.get("glu_products", "auto")
+    if setting not in GLU_PRODUCTS:
+        raise ConfigError(f"model.glu_products={setting!r} is not one of {list(GLU_PRODUCTS)}.")
+    if setting != "auto":
+        return setting == "two"
+    mixer = model_cfg.get("mixer") or {}
+    if not on_gpu or "conv" not in mixer:
+        return False
+    from ssm_lra.ssm.s4d import resolve_conv
+
+    return resolve_conv(mixer["conv"], mixer.get("d_state", 64), on_gpu) == "chunked"
 
 
 def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") -> SequenceClassifier:
@@ -184,6 +233,9 @@ def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") 
 
     mixer_config = dict(model_cfg["mixer"])
     check_mixer_config(model_cfg["name"], int(model_cfg["d_model"]), mixer_config)
+    from ssm_lra.ssm.pallas_common import fused_scan_available
+
+    split = glu_split(model_cfg, on_gpu=fused_scan_available())
     return SequenceClassifier(
         num_classes=spec.num_classes,
         vocab_size=spec.vocab_size,
@@ -198,4 +250,5 @@ def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") 
         pooling=model_cfg["pooling"],
         dual=bool(getattr(spec, "dual", False)),
         dtype=PRECISIONS[precision],
+        glu_split=split,
     )
