@@ -206,12 +206,9 @@ def glu_split(model_cfg: Mapping[str, Any], on_gpu: bool) -> bool:
         raise ConfigError(f"model.glu_products={setting!r} is not one of {list(GLU_PRODUCTS)}.")
     if setting != "auto":
         return setting == "two"
-    mixer = model_cfg.get("mixer") or {}
-    if not on_gpu or "conv" not in mixer:
-        return False
-    from ssm_lra.ssm.s4d import resolve_conv
+    from ssm_lra.ssm import convolution_route
 
-    return resolve_conv(mixer["conv"], mixer.get("d_state", 64), on_gpu) == "chunked"
+    return on_gpu and convolution_route(model_cfg["name"], model_cfg.get("mixer") or {}, on_gpu) == "chunked"
 
 
 def build_model(model_cfg: Mapping[str, Any], spec, precision: str = "float32") -> SequenceClassifier:

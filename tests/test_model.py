@@ -1,4 +1,4 @@
-"""The backbone: pooling, padding invariance, config errors."""
+"""The backbone: pooling, padding invariance, config errors, the GLU's dense layer."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,10 @@ import pytest
 
 from ssm_lra.data.tasks import TaskSpec
 from ssm_lra.errors import ConfigError
-from ssm_lra.model import build_model, last_valid, masked_mean
+import flax.linen as nn
+
+import ssm_lra.ssm.pallas_common as pallas_common
+from ssm_lra.model import GatedDense, build_model, glu_split, last_valid, masked_mean
 
 SPEC = TaskSpec("toy", seq_len=24, num_classes=3, vocab_size=11)
 
@@ -120,11 +123,89 @@ def test_real_valued_inputs():
         ({"mixer": {"d_state": 8, "ssm_init": "legt"}}, "ssm_init"),
         ({"mixer": {"d_state": 8, "dt_min": 0.5, "dt_max": 0.1}}, "dt_min"),
         ({"name": "transformer"}, "unknown model"),
+        ({"glu_products": "three"}, "model.glu_products"),
     ],
 )
 def test_bad_model_config_is_a_config_error(overrides, match):
     with pytest.raises(ConfigError, match=match):
         build_model(model_cfg(**overrides), SPEC)
+
+
+# ---------------------------------------------------------------- the GLU's dense layer
+
+
+class DenseThenGlu(nn.Module):
+    """The obviously-correct form: flax's own Dense to 2H, then flax's GLU."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.glu(nn.Dense(2 * self.features, param_dtype=jnp.float64, name="Dense_0")(x), axis=-1)
+
+
+class Gated(nn.Module):
+    features: int
+    split: bool
+
+    @nn.compact
+    def __call__(self, x):
+        return GatedDense(self.features, jnp.float64, self.split, jnp.float64, name="Dense_0")(x)
+
+
+@pytest.mark.parametrize("shape,features", [((3, 7, 16), 8), ((2, 5, 4), 12), ((9, 6), 1)])
+@pytest.mark.parametrize("split", [False, True])
+def test_gated_dense_is_dense_then_glu(shape, features, split):
+    """Same parameters from the same key (so checkpoints and inits carry over), same values and
+    same gradients, with one product or two, in float64."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(shape[0]), shape, jnp.float64)
+        reference, gated = DenseThenGlu(features), Gated(features, split)
+        params = reference.init(jax.random.PRNGKey(1), x)
+        own = gated.init(jax.random.PRNGKey(1), x)
+        assert jax.tree.structure(own) == jax.tree.structure(params)
+        for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(a, b)
+        cotangent = jax.random.normal(jax.random.PRNGKey(2), shape[:-1] + (features,), jnp.float64)
+
+        def pullback(module):
+            out, vjp = jax.vjp(lambda p, u: module.apply(p, u), params, x)
+            return out, vjp(cotangent)
+
+        (want, want_grads), (got, got_grads) = pullback(reference), pullback(gated)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides,on_gpu,split",
+    [
+        ({}, True, True),  # S4D at N 8: conv auto takes the chunks on a GPU
+        ({}, False, False),  # and the FFT elsewhere
+        ({"mixer": {"d_state": 64}}, True, False),  # the presets' N 64: FFT
+        ({"mixer": {"d_state": 64, "conv": "chunked"}}, True, True),  # Path-X's chunks
+        ({"mixer": {"d_state": 64, "conv": "chunked"}}, False, False),
+        ({"mixer": {"d_state": 8, "conv": "fft"}}, True, False),
+        ({"name": "s4", "mixer": {"d_state": 4}}, True, False),  # S4: always the FFT
+        ({"glu_products": "two"}, False, True),
+        ({"glu_products": "one"}, True, False),
+    ],
+)
+def test_glu_products_rule(overrides, on_gpu, split):
+    assert glu_split(model_cfg(**overrides), on_gpu) is split
+
+
+def test_build_model_resolves_glu_products_for_the_backend(monkeypatch):
+    """auto splits the GLU's product where the chunks run on a GPU: here, only when the backend
+    looks like one; the parameters are the same either way."""
+    tokens, mask = np.ones((2, SPEC.seq_len), np.int32), np.ones((2, SPEC.seq_len), np.float32)
+    on_cpu = build_model(model_cfg(), SPEC)
+    monkeypatch.setattr(pallas_common, "fused_scan_available", lambda: True)
+    as_on_gpu = build_model(model_cfg(), SPEC)
+    assert (on_cpu.glu_split, as_on_gpu.glu_split) == (False, True)
+    shapes = [jax.eval_shape(m.init, jax.random.PRNGKey(0), tokens, mask) for m in (on_cpu, as_on_gpu)]
+    assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
 
 
 # ---------------------------------------------------------------- two-document (dual) models

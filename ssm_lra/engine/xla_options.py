@@ -12,27 +12,22 @@ from ssm_lra.errors import ConfigError
 log = logging.getLogger(__name__)
 
 TRITON_GEMM_FLAG = "--xla_gpu_enable_triton_gemm"
-# Models whose FFT routes ran faster with every matrix product in cuBLAS than with XLA's Triton GEMM
-# fusions (H200, results/bench/NOTES.md lever 20: S4D Pathfinder +7%, S4 Pathfinder +6%, S4 Path-X
-# +5.5%). The convolution by chunks is the opposite: its batched products lost 42% in cuBLAS.
-CUBLAS_MODELS = ("s4", "s4d", "s4_ptd")
 
 
 def triton_gemm_enabled(setting, model_cfg: Mapping) -> bool:
-    """`trainer.triton_gemm`: true / false as given; auto is false (cuBLAS) for the models of
-    CUBLAS_MODELS on an FFT route, true otherwise. Only GPUs read the flag."""
+    """`trainer.triton_gemm`: true / false as given; auto is false (cuBLAS) for the models on an FFT
+    route (S4; S4D and S4-PTD where their `conv` resolves to the FFT on a GPU), true otherwise.
+    Measured on an H200 (results/bench/NOTES.md lever 20): the FFT routes ran faster with every
+    product in cuBLAS than with XLA's Triton GEMM fusions (S4D Pathfinder +7%, S4 Pathfinder +6%,
+    S4 Path-X +5.5%); the convolution by chunks lost 42% there, and the S5 family moved by -1.5 to
+    +3% on four of its five presets. Only GPUs read the flag."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
         raise ConfigError(f"trainer.triton_gemm must be auto, true or false, got {setting!r}.")
-    if model_cfg.get("name") not in CUBLAS_MODELS:
-        return True
-    mixer = model_cfg.get("mixer") or {}
-    if "conv" not in mixer:  # S4: always an FFT convolution
-        return False
-    from ssm_lra.ssm.s4d import resolve_conv
+    from ssm_lra.ssm import convolution_route
 
-    return resolve_conv(mixer["conv"], mixer.get("d_state", 64), on_gpu=True) != "fft"
+    return convolution_route(model_cfg.get("name"), model_cfg.get("mixer") or {}, on_gpu=True) != "fft"
 
 
 def apply_xla_options(trainer_cfg: Mapping, model_cfg: Mapping, environ: MutableMapping = os.environ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Mapping
 
 import flax.linen as nn
 
@@ -55,6 +56,19 @@ def mixer_class(name: str):
         )
     module_name, class_name = MIXERS[name]
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def convolution_route(name: str, mixer_config: Mapping, on_gpu: bool) -> str | None:
+    """How a model's layers convolve: "fft" for S4; for S4D and S4-PTD their `conv` as resolved on
+    this backend ("fft", "chunked" or "scan"); None for the recurrent mixers (S5, Mamba) and
+    unknown names. Settings that suit one route (cuBLAS products, the GLU's split) ask here."""
+    if name == "s4":
+        return "fft"
+    if name not in MIXERS or MIXERS[name][1] != "S4D":
+        return None
+    from ssm_lra.ssm.s4d import S4D, resolve_conv
+
+    return resolve_conv(mixer_config.get("conv", S4D.conv), mixer_config.get("d_state", S4D.d_state), on_gpu)
 
 
 def check_mixer_config(name: str, d_model: int, config: dict) -> None:
