@@ -21,7 +21,8 @@
 #   part 10: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes;
 #   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
 #   part 12: parts 10 and 11 in one call, the shared baseline once;
-#   part 13: model.glu_products auto (two on the chunked routes) against one.
+#   part 13: model.glu_products auto (two on the chunked routes) against one;
+#   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -134,6 +135,15 @@ elif [ "$part" = 13 ]; then
   export BENCH_TIMEOUT=170 BENCH_MINUTES=3
   bench pathx-auto s4d/pathx
   bench pathx-one-product s4d/pathx model.glu_products=one
+elif [ "$part" = 14 ]; then
+  # Open questions of model.glu_products on the FFT routes (auto keeps one product there): S4
+  # Path-X (2% short of its target; two products lost there with Triton GEMMs, untried with
+  # cuBLAS) and S4D Pathfinder with bfloat16 dense layers; pairs back to back.
+  bench pathfinder-bf16-one s4d/pathfinder trainer.precision=bfloat16
+  bench pathfinder-bf16-two s4d/pathfinder trainer.precision=bfloat16 model.glu_products=two
+  export BENCH_TIMEOUT=170 BENCH_MINUTES=3
+  bench s4-pathx-one s4/pathx
+  bench s4-pathx-two s4/pathx model.glu_products=two
 elif [ "$part" = 11 ]; then
   # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
   # backward pass needs no concatenation of the halves' gradients. The model is patched for this
