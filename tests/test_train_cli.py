@@ -317,7 +317,7 @@ def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_d
     and a second run (a requeued job) loads the compiled steps instead of compiling them again."""
     one_dir, *_ = smoke_run
     run_dir, compiled = tmp_path / "run", tmp_path / "compiled"
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
     args = ["trainer=smoke", "logger=none", f"trainer.compilation_cache={compiled}"]
     result = train([*args, f"hydra.run.dir={run_dir}"], cache_dir, tmp_path, extra_env=env)
     assert result.returncode == 0, result.stderr[-3000:]
