@@ -115,18 +115,16 @@ elif [ "$part" = 10 ]; then
 elif [ "$part" = 12 ]; then
   # Parts 10 and 11 in one call, without their repeated baseline: the defaults first (S4D's FFT
   # route with cuBLAS products; also the single-GPU check after sharding.batch_parallel became a
-  # shard_map), triton_gemm_any=false on both S4D routes, then the GLU as two products.
+  # shard_map), triton_gemm_any=false on both S4D routes, then the GLU as two products (run at
+  # bf9a27e by patching the model; model.glu_products=two computes the same since).
   any="--xla_gpu_triton_gemm_any=false"
   bench pathfinder s4d/pathfinder
   XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
   XLA_FLAGS="${XLA_FLAGS:-} $any" bench reference-auto-any-false s4d/listops $ref
   bench s4-pathfinder s4/pathfinder
-  cp ssm_lra/model.py /tmp/model.py.orig
-  trap 'cp /tmp/model.py.orig ssm_lra/model.py; pack' EXIT
-  python3 scripts/patch_glu_two_products.py
-  bench pathfinder-two-products s4d/pathfinder
-  bench s4-pathfinder-two-products s4/pathfinder
-  bench reference-auto-two-products s4d/listops $ref
+  bench pathfinder-two-products s4d/pathfinder model.glu_products=two
+  bench s4-pathfinder-two-products s4/pathfinder model.glu_products=two
+  bench reference-auto-two-products s4d/listops $ref model.glu_products=two
 elif [ "$part" = 13 ]; then
   # model.glu_products (lever 14 as a setting, the kernel's halves sliced from one parameter):
   # auto takes two products on the chunked routes; each against one product, back to back.
@@ -146,15 +144,11 @@ elif [ "$part" = 14 ]; then
   bench s4-pathx-two s4/pathx model.glu_products=two
 elif [ "$part" = 11 ]; then
   # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
-  # backward pass needs no concatenation of the halves' gradients. The model is patched for this
-  # call only (restored on exit).
+  # backward pass needs no concatenation of the halves' gradients.
   bench pathfinder-one-product s4d/pathfinder
   bench s4-pathfinder-one-product s4/pathfinder
-  cp ssm_lra/model.py /tmp/model.py.orig
-  trap 'cp /tmp/model.py.orig ssm_lra/model.py; pack' EXIT
-  python3 scripts/patch_glu_two_products.py
-  bench pathfinder-two-products s4d/pathfinder
-  bench s4-pathfinder-two-products s4/pathfinder
+  bench pathfinder-two-products s4d/pathfinder model.glu_products=two
+  bench s4-pathfinder-two-products s4/pathfinder model.glu_products=two
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused

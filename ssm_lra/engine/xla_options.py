@@ -20,7 +20,7 @@ def triton_gemm_enabled(setting, model_cfg: Mapping) -> bool:
     Measured on an H200 (results/bench/NOTES.md lever 20): the FFT routes ran faster with every
     product in cuBLAS than with XLA's Triton GEMM fusions (S4D Pathfinder +7%, S4 Pathfinder +6%,
     S4 Path-X +5.5%); the convolution by chunks lost 42% there, and the S5 family moved by -1.5 to
-    +3% on four of its five presets. Only GPUs read the flag."""
+    +3% on five of its six presets (+8% on the sixth, S5-PTD Pathfinder). Only GPUs read the flag."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
