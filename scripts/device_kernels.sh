@@ -18,9 +18,8 @@
 #   part 7: conv=auto at the reference configuration, and the dense layers without Triton GEMMs.
 #   parts 8 and 9: the S5 family with and without Triton GEMMs (lever 20), then a profile of S4D
 #           Pathfinder with cuBLAS products.
-#   part 10: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes;
-#   part 11: the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
-#   part 12: parts 10 and 11 in one call, the shared baseline once;
+#   part 12: --xla_gpu_triton_gemm_any=false (cuBLAS for plain dots only) on S4D's two routes, and
+#           the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
 #   part 13: model.glu_products auto (two on the chunked routes) against one;
 #   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
@@ -104,19 +103,11 @@ elif [ "$part" = 9 ]; then
   # What S4D Pathfinder's step (11% short of its target) is made of with cuBLAS products.
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
     --experiment s4d/pathfinder --out "$out/profile-pathfinder-cublas"
-elif [ "$part" = 10 ]; then
-  # A finer knob than lever 20: --xla_gpu_triton_gemm_any=false sends plain dots to cuBLAS and keeps
-  # Triton for dots fused with their neighbours (the chunked route's within-chunk products).
-  any="--xla_gpu_triton_gemm_any=false"
-  bench pathfinder-triton s4d/pathfinder trainer.triton_gemm=true
-  bench pathfinder-cublas s4d/pathfinder
-  XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
-  XLA_FLAGS="${XLA_FLAGS:-} $any" bench reference-auto-any-false s4d/listops $ref
 elif [ "$part" = 12 ]; then
-  # Parts 10 and 11 in one call, without their repeated baseline: the defaults first (S4D's FFT
-  # route with cuBLAS products; also the single-GPU check after sharding.batch_parallel became a
-  # shard_map), triton_gemm_any=false on both S4D routes, then the GLU as two products (run at
-  # bf9a27e by patching the model; model.glu_products=two computes the same since).
+  # The defaults first (S4D's FFT route with cuBLAS products; also the single-GPU check after
+  # sharding.batch_parallel became a shard_map), then --xla_gpu_triton_gemm_any=false (plain dots to
+  # cuBLAS, Triton kept for dots fused with their neighbours) on both S4D routes, then the GLU as two
+  # products (run at bf9a27e by patching the model; model.glu_products=two computes the same since).
   any="--xla_gpu_triton_gemm_any=false"
   bench pathfinder s4d/pathfinder
   XLA_FLAGS="${XLA_FLAGS:-} $any" bench pathfinder-triton-any-false s4d/pathfinder trainer.triton_gemm=true
@@ -142,13 +133,6 @@ elif [ "$part" = 14 ]; then
   export BENCH_TIMEOUT=170 BENCH_MINUTES=3
   bench s4-pathx-one s4/pathx
   bench s4-pathx-two s4/pathx model.glu_products=two
-elif [ "$part" = 11 ]; then
-  # Lever 14 again, now with cuBLAS products: the GLU's dense layer as two (H, H) products, so the
-  # backward pass needs no concatenation of the halves' gradients.
-  bench pathfinder-one-product s4d/pathfinder
-  bench s4-pathfinder-one-product s4/pathfinder
-  bench pathfinder-two-products s4d/pathfinder model.glu_products=two
-  bench s4-pathfinder-two-products s4/pathfinder model.glu_products=two
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
