@@ -22,6 +22,8 @@
 #           the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
 #   part 13: model.glu_products auto (two on the chunked routes) against one;
 #   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
+#   part 15: S4D Pathfinder's profile with every op listed and the optimized HLO, to read what
+#           each fusion of its 10.6 ms step holds.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
 # results/bench/scan-modes-2026-12-03.)
 # Results land in results/bench (levers under levers/), or, on a lent machine ($OUT set), packed
@@ -133,6 +135,9 @@ elif [ "$part" = 14 ]; then
   export BENCH_TIMEOUT=170 BENCH_MINUTES=3
   bench s4-pathx-one s4/pathx
   bench s4-pathx-two s4/pathx model.glu_products=two
+elif [ "$part" = 15 ]; then
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
+    --experiment s4d/pathfinder --top 600 --hlo --out "$out/profile-pathfinder-hlo"
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused

@@ -13,7 +13,8 @@ device events (kernels and copies on the GPU's streams) it prints and writes
 - the time per step of each HLO operation (a fusion, a cuFFT call, a matmul, a Triton kernel), with
   its kind and the model code it came from (the `op_name` in XLA's metadata);
 - the same summed by model part: each op's op_name cut to the Flax module path with the layer
-  index dropped, forward and backward (transpose) apart.
+  index dropped, forward and backward (transpose) apart;
+- with --hlo, the optimized HLO itself (`.hlo.txt.gz`): what each fusion computes, in which layout.
 
 Needs a device whose profile has device events (GPU); on a CPU the tables are empty.
 """
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=80)
     p.add_argument("--out", default="results/bench/profiles")
+    p.add_argument("--hlo", action="store_true", help="also write the optimized HLO (.hlo.txt.gz): which ops each fusion holds, and their layouts")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
 
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     slug = args.experiment.replace("/", "-") + ("-" + "-".join(o.split(".")[-1] for o in args.overrides) if args.overrides else "")
     atomic.write_text(out / f"profile-{slug}.md", text)
+    if args.hlo:
+        atomic.write_bytes(out / f"profile-{slug}.hlo.txt.gz", gzip.compress(compiled.as_text().encode()))
     if events[:3]:
         print("sample device events:", json.dumps(events[:3])[:1500])
     return 0
