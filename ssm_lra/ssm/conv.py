@@ -7,6 +7,7 @@ are (H, L) (time last, as the Vandermonde product produces them).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ def fft_length(L: int) -> int:
     return 1 << max(0, (2 * int(L) - 1).bit_length())
 
 
-def _fft_rows_of(z):
+def _fft_rows(z):
     """The FFT along axis -2 of z (B, n, H) complex. With several devices each transforms only
     its own rows: XLA's partitioner would otherwise gather a batch-sharded z onto every device
     (sharding.batch_parallel)."""
@@ -70,48 +71,90 @@ def _fft_rows_of(z):
     return batch_parallel(lambda x: jnp.fft.fft(x, axis=-2), "b n h -> b n h")(z)
 
 
-@jax.custom_vjp
-def _fft_rows(z):
-    return _fft_rows_of(z)
+def _pack(u, n: int):
+    """Real rows (M, B, L, H) -> complex rows (M * ceil(B/2), n, H), zero-padded along time to n:
+    neighbouring rows (2i, 2i + 1) as real and imaginary parts where `_pairs_stay_on_one_device`,
+    each row alone (imaginary part 0) otherwise."""
+    M, B, L, H = u.shape
+    u = jnp.pad(u, [(0, 0), (0, 0), (0, n - L), (0, 0)])
+    if not _pairs_stay_on_one_device(B):
+        return lax.complex(u, jnp.zeros_like(u)).reshape((-1, n, H))
+    half = -(-B // 2)  # an odd batch gets a zero partner
+    pairs = jnp.pad(u, [(0, 0), (0, 2 * half - B), (0, 0), (0, 0)]).reshape((-1, 2, n, H))
+    return lax.complex(pairs[:, 0], pairs[:, 1])
 
 
-# The DFT matrix is symmetric, so the transpose of the FFT (what a vjp applies, unconjugated in
-# JAX's convention for complex linear maps) is the FFT itself.
-_fft_rows.defvjp(lambda z: (_fft_rows_of(z), None), lambda _, g: (_fft_rows_of(g),))
+def _unpack(w, shape):
+    """The inverse of `_pack` for w = conj of the convolved rows: real rows of `shape` (M, B, L, H),
+    the first L steps of each."""
+    M, B, L, H = shape
+    w = w[:, :L, :]
+    if not _pairs_stay_on_one_device(B):
+        return w.real.reshape(shape)
+    half = -(-B // 2)
+    return jnp.stack([w.real, -w.imag], axis=1).reshape((M, 2 * half, L, H))[:, :B]
+
+
+def _convolve_spectrum(u, spectrum, n: int):
+    """The first L steps of the circular convolution of every row of u (M, B, L, H), zero-padded to
+    n, with the kernel whose DFT divided by n is `spectrum` (n, H); and the DFT of the packed rows.
+
+    Only forward complex FFTs run: the inverse transform is conj(fft(conj(.))), its 1/n already in
+    `spectrum`. XLA would run an irfft as an input copy, the transform and a separate scaling pass.
+    """
+    Z = _fft_rows(_pack(u, n))
+    return _unpack(_fft_rows(jnp.conj(Z * spectrum)), u.shape), Z
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _circular_conv_rows(u, k_circ, n: int):
+    return _circular_conv_rows_fwd(u, k_circ, n)[0]
+
+
+def _circular_conv_rows_fwd(u, k_circ, n: int):
+    spectrum = jnp.fft.fft(k_circ.astype(jnp.result_type(u.dtype, jnp.complex64)), n=n, axis=-1).T / n
+    y, Z = _convolve_spectrum(u, spectrum, n)
+    return y, (Z, spectrum, k_circ)
+
+
+def _circular_conv_rows_bwd(n: int, residuals, dy):
+    """The transpose of a circular convolution with a real kernel is the circular correlation: the
+    convolution with the kernel's spectrum conjugated, so du takes the forward's own route (one
+    packing pass and one unpacking pass that reads only the first L steps; differentiating the
+    forward instead gives XLA two packing passes and an unpacking pass over all n steps).
+
+    The kernel's gradient is the correlation of dy with u summed over rows,
+    Re(ifft(sum conj(Z) G)) with G the DFT of the packed dy: the cross terms of a pair,
+    conj(U_a) G_b - conj(U_b) G_a, are spectra of real signals times i, so they land in the
+    imaginary part that Re drops.
+    """
+    Z, spectrum, k_circ = residuals
+    du, G = _convolve_spectrum(dy, jnp.conj(spectrum), n)
+    cross = jnp.sum(jnp.conj(Z) * G, axis=0)  # (n, H)
+    dk = jnp.fft.ifft(cross.T, axis=-1).real[:, : k_circ.shape[-1]]
+    return du, dk.astype(k_circ.dtype)
+
+
+_circular_conv_rows.defvjp(_circular_conv_rows_fwd, _circular_conv_rows_bwd)
 
 
 def _circular_conv(u, k_circ, n: int):
-    """Circular convolution of u (..., L, H), zero-padded to n, with a kernel (H, n) (or shorter,
-    zero-padded); returns the first L outputs.
+    """Circular convolution of u (..., L, H), zero-padded to n, with a real kernel (H, n) (or
+    shorter, zero-padded); returns the first L outputs.
 
     Every sequence of the batch meets the same real kernel in a channel, so two neighbouring
     sequences travel as the real and imaginary parts of one complex signal and come out as the
-    real and imaginary parts of the result. Only forward complex FFTs run: the inverse transform
-    is conj(fft(conj(.))) with its 1/n folded into the kernel's spectrum, and the backward pass of
-    a forward FFT is again one. On an H200 this is about a quarter faster than rfft and irfft
-    (results/bench/NOTES.md, lever 13): XLA runs each irfft as an input copy, the transform and a
-    separate scaling pass. Neighbours (rows 2i, 2i + 1) rather than far rows are paired so that a
-    batch split across devices keeps each pair on one device (`_pairs_stay_on_one_device`). The
-    pairing costs a sequence float32 rounding relative to its partner's scale rather than its
-    own, which the normalized activations of a batch make alike.
+    real and imaginary parts of the result (`_pack`). On an H200 this, with forward FFTs only, is
+    about a quarter faster than rfft and irfft (results/bench/NOTES.md, lever 13). Neighbours (rows
+    2i, 2i + 1) rather than far rows are paired so that a batch split across devices keeps each
+    pair on one device (`_pairs_stay_on_one_device`). The pairing costs a sequence float32
+    rounding relative to its partner's scale rather than its own, which the normalized
+    activations of a batch make alike.
     """
     if u.ndim < 3:
         return _circular_conv(u[None], k_circ, n)[0]
     *lead, B, L, H = u.shape
-    u = jnp.pad(u.reshape((-1, B, L, H)), [(0, 0), (0, 0), (0, n - L), (0, 0)])
-    paired = _pairs_stay_on_one_device(B)
-    if paired:
-        half = -(-B // 2)  # an odd batch gets a zero partner
-        pairs = jnp.pad(u, [(0, 0), (0, 2 * half - B), (0, 0), (0, 0)]).reshape((-1, 2, n, H))
-        z = lax.complex(pairs[:, 0], pairs[:, 1])  # rows (2i, 2i + 1) of every leading index
-    else:
-        z = lax.complex(u, jnp.zeros_like(u)).reshape((-1, n, H))
-    k_f = jnp.fft.fft(k_circ.astype(z.dtype), n=n, axis=-1).T / n  # (n, H)
-    y = _fft_rows(jnp.conj(_fft_rows(z) * k_f))[:, :L, :]  # conj(result)
-    if paired:
-        y = jnp.stack([y.real, -y.imag], axis=1).reshape((-1, 2 * half, L, H))[:, :B]
-    else:
-        y = y.real
+    y = _circular_conv_rows(u.reshape((-1, B, L, H)), k_circ, n)
     return y.reshape((*lead, B, L, H))
 
 

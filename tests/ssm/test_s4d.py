@@ -365,6 +365,17 @@ def test_fft_conv_any_batch_shape_matches_direct(batch, paired, monkeypatch):
     gflat = g.reshape(-1, L, H)
     ref_du = (direct_anticausal_conv(gflat, kf) + direct_causal_conv(gflat, kb)).reshape(u.shape)
     assert_rel_close(du, ref_du, 1e-12)
+    # d/dk of <y, g> correlates g with u, summed over every sequence: causal lag m pairs g[t] with
+    # u[t - m], anti-causal lead m with u[t + m].
+    dkf, dkb = jax.jit(jax.grad(
+        lambda a, b: jnp.sum(bidirectional_fft_conv(jnp.asarray(u), a, b) * g), argnums=(0, 1)
+    ))(jnp.asarray(kf), jnp.asarray(kb))
+    ref_dkf = np.array([[np.sum(gflat[:, m:, h] * flat[:, : L - m, h]) for m in range(L)] for h in range(H)])
+    ref_dkb = np.array([[np.sum(gflat[:, : L - m, h] * flat[:, m:, h]) for m in range(L)] for h in range(H)])
+    assert_rel_close(dkf, ref_dkf, 1e-12)
+    assert_rel_close(dkb, ref_dkb, 1e-12)
+    dk = jax.grad(lambda a: jnp.sum(causal_fft_conv(jnp.asarray(u), a) * g))(jnp.asarray(kf))
+    assert_rel_close(dk, ref_dkf, 1e-12)
 
 
 def kernel_by_powers(W, a, L):
