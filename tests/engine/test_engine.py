@@ -22,7 +22,7 @@ from ssm_lra.engine.distributed import check_batch_sizes, host_rows
 from ssm_lra.engine.logging import RunLogger
 from ssm_lra.engine.loop import NonFiniteLoss, Progress, Schedule, fit, stop_on_signals
 from ssm_lra.engine.setup import enable_compilation_cache, validate_trainer
-from ssm_lra.engine.steps import init_state, init_variables, make_train_step, micro_batches
+from ssm_lra.engine.steps import finite_and_norm, init_state, init_variables, make_train_step, micro_batches
 from ssm_lra.errors import ConfigError
 from ssm_lra.model import build_model
 
@@ -73,6 +73,21 @@ def test_nonfinite_step_changes_nothing_but_the_step():
     assert float(metrics["nonfinite"]) == 0.0
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(state.params))]
     assert any(changed)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_finite_and_norm_sees_every_leaf(bad):
+    rng = np.random.default_rng(7)
+    tree = {"a": rng.normal(size=(3, 4)), "b": {"c": rng.normal(size=(5,)), "d": rng.normal(size=())}}
+    finite, norm = finite_and_norm(tree)
+    assert bool(finite)
+    np.testing.assert_allclose(float(norm), np.sqrt(sum(np.sum(x**2) for x in jax.tree_util.tree_leaves(tree))), rtol=1e-6)
+    np.testing.assert_allclose(float(norm), float(optax.tree.norm(tree)), rtol=1e-6)
+    for path in (("a",), ("b", "c"), ("b", "d")):
+        poisoned = jax.tree_util.tree_map(np.copy, tree)
+        leaf = poisoned[path[0]] if len(path) == 1 else poisoned[path[0]][path[1]]
+        leaf.reshape(-1)[-1] = bad
+        assert not bool(finite_and_norm(poisoned)[0]), path
 
 
 @pytest.mark.parametrize("k", [4])
