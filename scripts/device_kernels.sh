@@ -22,6 +22,8 @@
 #           the GLU's dense layer as two products (lever 14) again, now with cuBLAS products;
 #   part 13: model.glu_products auto (two on the chunked routes) against one;
 #   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
+#   part 16: A/B of code versions in one lease: AB_DIRS (copies of the repository, e.g. from
+#           `git archive <commit>`, "." for the working tree) x AB_EXPERIMENTS, AB_ROUNDS rounds;
 #   part 15: S4D Pathfinder's profile with every op listed and the optimized HLO, to read what
 #           each fusion of its 10.6 ms step holds.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
@@ -138,6 +140,16 @@ elif [ "$part" = 14 ]; then
 elif [ "$part" = 15 ]; then
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
     --experiment s4d/pathfinder --top 600 --hlo --out "$out/profile-pathfinder-hlo"
+elif [ "$part" = 16 ]; then
+  for round in $(seq "${AB_ROUNDS:-1}"); do
+    for e in ${AB_EXPERIMENTS//,/ }; do
+      for d in ${AB_DIRS:-.}; do
+        label=$([ "$d" = . ] && echo work || basename "$d")
+        name="ab-$label-${e/\//-}-r$round"
+        (cd "$d" && PYTHONPATH="$PWD:${PYTHONPATH#*:}" bench "$name" "$e")
+      done
+    done
+  done
 else
   bench s4-powers s4/pathfinder,s4/pathx model.mixer.kernel_method=powers
   bench mamba-fused mamba/pathfinder,mamba/pathx model.mixer.scan=fused
