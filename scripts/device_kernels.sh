@@ -23,7 +23,8 @@
 #   part 13: model.glu_products auto (two on the chunked routes) against one;
 #   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
 #   part 16: A/B of code versions in one lease: AB_DIRS (copies of the repository, e.g. from
-#           `git archive <commit>`, "." for the working tree) x AB_EXPERIMENTS, AB_ROUNDS rounds;
+#           `git archive <commit>`, "." for the working tree) x AB_EXPERIMENTS, AB_ROUNDS rounds,
+#           with AB_OVERRIDES for every run (AB_TAG names them);
 #   part 15: S4D Pathfinder's profile with every op listed and the optimized HLO, to read what
 #           each fusion of its 10.6 ms step holds.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
@@ -145,8 +146,8 @@ elif [ "$part" = 16 ]; then
     for e in ${AB_EXPERIMENTS//,/ }; do
       for d in ${AB_DIRS:-.}; do
         label=$([ "$d" = . ] && echo work || basename "$d")
-        name="ab-$label-${e/\//-}-r$round"
-        (cd "$d" && PYTHONPATH="$PWD:${PYTHONPATH#*:}" bench "$name" "$e")
+        name="ab-$label-${e/\//-}${AB_TAG:+-$AB_TAG}-r$round"
+        (cd "$d" && PYTHONPATH="$PWD:${PYTHONPATH#*:}" bench "$name" "$e" ${AB_OVERRIDES:-})
       done
     done
   done
