@@ -159,6 +159,15 @@ class SequenceClassifier(nn.Module):
     dtype: Any = jnp.float32  # compute dtype of the non-SSM dense layers (bfloat16: mixed precision)
     glu_split: bool = False  # activation glu as two products (GatedDense)
 
+    def routes(self) -> dict[str, str]:
+        """The routes its layers take on this backend where settings leave a choice (the mixer's, see
+        `Mixer.routes`, and the GLU's products), e.g. {"conv": "fft", "glu_products": "one"}."""
+        # parent=None: a stand-alone mixer, not a submodule of this (unbound) classifier.
+        routes = mixer_class(self.mixer)(d_model=self.d_model, parent=None, **self.mixer_config).routes()
+        if self.activation == "glu":
+            routes["glu_products"] = "two" if self.glu_split else "one"
+        return routes
+
     @nn.compact
     def __call__(self, inputs, mask, train: bool = False):
         if self.dual:

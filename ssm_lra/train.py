@@ -143,6 +143,7 @@ def run(cfg: DictConfig) -> dict:
     from ssm_lra.engine.logging import RunLogger
     from ssm_lra.engine.loop import Progress, evaluate, fit
     from ssm_lra.engine.steps import count_params, make_eval_step
+    from ssm_lra.bench.report import format_routes
 
     schedule, tx, state = build_state(plan, len(data.splits["train"]))
     mesh = data_mesh()
@@ -161,10 +162,13 @@ def run(cfg: DictConfig) -> dict:
         )
 
     n_params = count_params(state.params)
+    routes = model.routes()
     print(
         f"{cfg.model.name} on {spec.name}: {n_params:,} parameters, {len(data.splits['train']):,} training examples, "
         f"{schedule.total_steps:,} steps ({schedule.epochs} epochs x {schedule.steps_per_epoch} batches of "
-        f"{trainer['batch_size']}), devices: {jax.device_count()} x {jax.devices()[0].platform}. Run directory: {run_dir}",
+        f"{trainer['batch_size']}), devices: {jax.device_count()} x {jax.devices()[0].platform}"
+        + (f", routes: {format_routes(routes)}" if routes else "")
+        + f". Run directory: {run_dir}",
         flush=True,
     )
 

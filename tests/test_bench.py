@@ -248,6 +248,7 @@ def test_bench_smoke_end_to_end(tmp_path):
         assert row["status"] == "ok" and row["layer_status"] == "ok", row
         assert (row["batch_size"], row["seq_len"], row["d_model"], row["n_layers"]) == (4, 64, 16, 1)
         assert "--xla_gpu_enable_triton_gemm=false" in row["xla_flags"]  # S4D's FFT route: trainer.triton_gemm=auto
+        assert row["routes"] == {"conv": "fft", "glu_products": "one"}  # conv=auto off a GPU
         step = row["step"]
         assert step["params"] > 0 and step["compile_s"] > 0 and step["loss_finite"]
         times = step["step_s"]
@@ -271,6 +272,7 @@ def test_bench_smoke_end_to_end(tmp_path):
         assert row["experiment"] in md
     assert "Command:" in md and "Measured ceilings" in md and env["jax_version"] in md
     assert "- s4d/listops: `" in md and "--xla_gpu_enable_triton_gemm=false" in md
+    assert "- s4d/listops: conv=fft, glu_products=one" in md
 
 
 def test_time_back_to_back_runs_each_step_once_in_order():

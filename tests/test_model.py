@@ -208,6 +208,37 @@ def test_build_model_resolves_glu_products_for_the_backend(monkeypatch):
     assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
 
 
+@pytest.mark.parametrize(
+    "overrides,on_gpu,routes",
+    [
+        ({}, False, {"conv": "fft", "glu_products": "one"}),
+        ({}, True, {"conv": "chunked", "chunk": "64", "chunk_precision": "default", "chunk_scan": "fused",
+                    "glu_products": "two"}),
+        ({"mixer": {"d_state": 8, "conv": "chunked", "chunk_size": 16, "chunk_scan": "xla"}}, True,
+         {"conv": "chunked", "chunk": "16", "chunk_precision": "highest", "chunk_scan": "xla", "glu_products": "two"}),
+        ({"mixer": {"d_state": 8, "conv": "chunked"}}, False,
+         {"conv": "chunked", "chunk": "min(128, L)", "chunk_precision": "highest", "chunk_scan": "xla",
+          "glu_products": "one"}),
+        ({"mixer": {"d_state": 64}}, True, {"conv": "fft", "glu_products": "one"}),
+        ({"name": "s4", "mixer": {"d_state": 4, "kernel_method": "powers"}}, True,
+         {"kernel": "powers", "conv": "fft", "glu_products": "one"}),
+        ({"name": "s5", "activation": "half_glu1", "mixer": {"d_state": 64}}, True, {"scan": "fused"}),
+        ({"name": "s5", "activation": "half_glu1", "mixer": {"d_state": 16}}, True, {"scan": "lti"}),
+        ({"name": "s5", "activation": "half_glu1", "mixer": {"d_state": 64}}, False, {"scan": "lti"}),
+        ({"name": "mamba", "activation": "none", "mixer": {}}, True, {"scan": "fused"}),
+        ({"name": "mamba", "activation": "none", "mixer": {}}, False, {"scan": "xla"}),
+    ],
+)
+def test_routes_say_what_auto_resolves_to(monkeypatch, overrides, on_gpu, routes):
+    """What the bench records and training prints: each setting left to auto as this backend
+    resolves it (a GPU simulated), and what runs when a route is named."""
+    from ssm_lra.ssm import s4d as s4d_module
+
+    for module in (pallas_common, s4d_module):
+        monkeypatch.setattr(module, "fused_scan_available", lambda: on_gpu)
+    assert build_model(model_cfg(**overrides), SPEC).routes() == routes
+
+
 # ---------------------------------------------------------------- two-document (dual) models
 
 PAIR_SPEC = TaskSpec("pairs", seq_len=20, num_classes=2, vocab_size=11, dual=True)

@@ -100,6 +100,12 @@ def layer_cells(row: dict) -> list[str]:
     ]
 
 
+def format_routes(routes: dict) -> str:
+    """{"conv": "fft", "glu_products": "one"} -> "conv=fft, glu_products=one" (bench tables, and the
+    line training prints at its start)."""
+    return ", ".join(f"{key}={value}" for key, value in routes.items())
+
+
 def command_block(command: str) -> list[str]:
     """Markdown lines giving the exact command that produced a results file, then a blank line."""
     return ["Command:", "", "```", command, "```", ""]
@@ -192,6 +198,10 @@ def markdown(doc: dict) -> str:
             loops = r["layer"]["xla"]["loops"]
             described = "; ".join(f"...{lp['op'] or '?'} ({lp['trips'] or '?'} trips)" for lp in loops[:4])
             parts.append(f"- {r['experiment']}: {len(loops)} loop(s): {described}" + (" ..." if len(loops) > 4 else ""))
+    routed = [r for r in rows if r.get("routes")]
+    if routed:
+        parts += ["", "Routes each experiment ran (settings such as `auto`, as resolved on this device):", ""]
+        parts += [f"- {r['experiment']}: {format_routes(r['routes'])}" for r in routed]
     flagged = [r for r in rows if r.get("xla_flags")]
     if flagged:
         parts += ["", "XLA_FLAGS each experiment ran with (the environment's and its config's, e.g. trainer.triton_gemm):", ""]

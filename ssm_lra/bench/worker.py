@@ -93,6 +93,7 @@ def run_experiment(job: dict, out: Path) -> None:
         precision=plan.trainer.get("precision", "float32"),
         accumulate_grad_batches=int(plan.trainer.get("accumulate_grad_batches") or 1),
         xla_flags=os.environ.get("XLA_FLAGS", ""),  # with the config's own (trainer.triton_gemm)
+        routes=plan.model.routes(),  # what "auto" settings resolved to on this device
     )
     save()
     try:

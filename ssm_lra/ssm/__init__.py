@@ -32,6 +32,12 @@ class Mixer(nn.Module):
     def check_options(self) -> None:
         """Raise ValueError for an invalid option; each mixer checks its own."""
 
+    def routes(self) -> dict[str, str]:
+        """How this layer computes on the backend at hand, where a setting leaves the choice to
+        "auto" or names one of several routes to the same output (e.g. {"conv": "chunked"}): what
+        the bench records and training prints. Empty where there is nothing to choose."""
+        return {}
+
     @property
     def channels(self) -> int:
         """Output channels of the SSM: 2 with a backward (anti-causal) copy, else 1."""

@@ -301,6 +301,9 @@ class Mamba(Mixer):
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
+    def routes(self) -> dict[str, str]:
+        return {"scan": resolve_scan(self.scan, fallback="xla")}
+
     def setup(self):
         pd = self.param_dtype
         self.in_proj = nn.Dense(2 * self.d_inner, use_bias=False, param_dtype=pd)

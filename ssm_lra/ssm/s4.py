@@ -354,6 +354,9 @@ class S4(Mixer):
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 
+    def routes(self) -> dict[str, str]:
+        return {"kernel": self.kernel_method, "conv": "fft"}
+
     @nn.compact
     def ssm_parameters(self, L: int) -> dict:
         """Declare (at init) and return all parameters. A method rather than `setup` because the

@@ -232,6 +232,25 @@ class S4D(Mixer):
         self.C = self.param("C", complex_normal_init(0.5), (self.channels, H, N2, 2), pd)
         self.D = self.param("D", nn.initializers.normal(stddev=1.0), (H,), pd)
 
+    def chunking(self) -> tuple[int | None, str]:
+        """(chunk size or None for the layer's own choice, product precision) of the chunked route:
+        `conv="auto"` runs it with the setting its rule was measured with."""
+        if self.conv == "auto":
+            return self.chunk_size or AUTO_CHUNK, "default"
+        return self.chunk_size, self.chunk_precision
+
+    def routes(self) -> dict[str, str]:
+        conv = resolve_conv(self.conv, self.d_state, fused_scan_available())
+        if conv != "chunked":
+            return {"conv": conv}
+        chunk, precision = self.chunking()
+        return {
+            "conv": "chunked",
+            "chunk": str(chunk or "min(128, L)"),  # chunked_conv.default_chunk
+            "chunk_precision": precision,
+            "chunk_scan": resolve_scan(self.chunk_scan, "xla"),
+        }
+
     def kernel(self, L: int):
         """The real convolution kernel (channels, H, L); channel 0 is causal, channel 1 (if
         bidirectional) is applied to the reversed sequence."""
@@ -257,9 +276,7 @@ class S4D(Mixer):
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
             if conv == "chunked":
-                chunk, precision = self.chunk_size, self.chunk_precision
-                if self.conv == "auto":  # the setting auto's rule was measured with
-                    chunk, precision = chunk or AUTO_CHUNK, "default"
+                chunk, precision = self.chunking()
                 y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision,
                                      scan=resolve_scan(self.chunk_scan, "xla"))
             else:

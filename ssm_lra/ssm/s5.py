@@ -274,6 +274,14 @@ class S5(Mixer):
         """P2: the number of complex states actually stored."""
         return self.d_state // 2 if self.conj_sym else self.d_state
 
+    def resolved_scan(self) -> str:
+        """The scan `scan` names on this backend: auto is the fused kernel on a GPU with at least
+        BLOCK_P states, AUTO_SCAN_FALLBACK otherwise."""
+        return resolve_scan(self.scan, AUTO_SCAN_FALLBACK, kernel_pays=self.local_state >= BLOCK_P)
+
+    def routes(self) -> dict[str, str]:
+        return {"scan": self.resolved_scan()}
+
     def check_options(self):
         def is_int(x):
             return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -342,7 +350,7 @@ class S5(Mixer):
             self.discretization,
             self.conj_sym,
             self.bidirectional,
-            resolve_scan(self.scan, AUTO_SCAN_FALLBACK, kernel_pays=self.local_state >= BLOCK_P),
+            self.resolved_scan(),
             self.scan_block,
         )
         y = y + self.D.astype(x.dtype) * x
