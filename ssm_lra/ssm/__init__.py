@@ -7,7 +7,8 @@ The contract every mixer keeps:
   0 = padding at the end; padded inputs are already zero); outputs at real positions must not
   depend on what lies in the padding;
 - its class has ``SSM_PARAM_NAMES``: the leaf names of the parameters (A, B, step size) that get
-  the SSM learning rate and no weight decay.
+  the SSM learning rate and no weight decay;
+- ``routes()`` says which route its settings take on this backend where they leave a choice.
 """
 
 from __future__ import annotations
