@@ -205,6 +205,7 @@ def run(cfg: DictConfig) -> dict:
             "test_examples": test["examples"],
             "test_majority_class_rate": majority_class_rate(data.splits["test"]),
             "params": n_params,
+            "routes": routes,
             "wall_time_s": time.perf_counter() - started,
             "train_seq_per_s": progress.train_sequences / progress.train_time_s if progress.train_time_s else None,
             "batch_size": trainer["batch_size"],

@@ -22,6 +22,7 @@ SUMMARY_KEYS = {
     "best_val_accuracy": float,
     "test_accuracy": float,
     "params": int,
+    "routes": dict,
     "wall_time_s": float,
     "train_seq_per_s": float,
     "devices": int,
@@ -76,6 +77,8 @@ def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
     summary = check_summary(run_dir)
     assert summary["model"] == "s4d" and summary["task"] == "listops" and summary["steps"] == 4
     assert "--xla_gpu_enable_triton_gemm=false" in summary["xla_flags"]  # S4D's FFT route: triton_gemm=auto
+    assert summary["routes"] == {"conv": "fft", "glu_products": "one"}  # conv=auto off a GPU
+    assert "routes: conv=fft, glu_products=one." in stdout
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
     assert {r["split"] for r in records} == {"train", "validation", "test"}
