@@ -25,6 +25,8 @@
 #   part 16: A/B of code versions in one lease: AB_DIRS (copies of the repository, e.g. from
 #           `git archive <commit>`, "." for the working tree) x AB_EXPERIMENTS, AB_ROUNDS rounds,
 #           with AB_OVERRIDES for every run (AB_TAG names them);
+#   part 17: the chunked route's profiles with the optimized HLO: S4D at the ListOps reference
+#           configuration (5.5% short of its target) and S4D Path-X;
 #   part 15: S4D Pathfinder's profile with every op listed and the optimized HLO, to read what
 #           each fusion of its 10.6 ms step holds.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
@@ -141,6 +143,11 @@ elif [ "$part" = 14 ]; then
 elif [ "$part" = 15 ]; then
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 100 python3 scripts/profile_step.py \
     --experiment s4d/pathfinder --top 600 --hlo --out "$out/profile-pathfinder-hlo"
+elif [ "$part" = 17 ]; then
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
+  timeout 120 python3 scripts/profile_step.py --experiment s4d/listops --top 600 --hlo \
+    --out "$out/profile-reference-hlo" $ref
+  timeout 150 python3 scripts/profile_step.py --experiment s4d/pathx --top 600 --hlo --out "$out/profile-pathx-hlo"
 elif [ "$part" = 16 ]; then
   for round in $(seq "${AB_ROUNDS:-1}"); do
     for e in ${AB_EXPERIMENTS//,/ }; do
