@@ -85,6 +85,53 @@ def test_hlo_kernels_names_the_pallas_calls():
     assert rl.hlo_kernels("%f = f32[2] fusion(%a), kind=kLoop") == []
 
 
+def test_hlo_kernel_io_bytes_counts_each_pallas_call_in_and_out():
+    """Operands read once and results written once, for Triton calls only, with operand types taken
+    from their definitions (tuples, get-tuple-element, scalars, complex and bfloat16 included)."""
+    text = "\n".join([
+        "%p.1 = f32[4,8]{1,0} parameter(0)",
+        "%t = (bf16[2]{0}, c64[3]{0}) tuple(%x, %y)",
+        "%gte.2 = c64[3]{0} get-tuple-element(%t), index=1",
+        "%s = f32[] constant(1)",
+        '  %custom-call.3 = (f32[4,8]{1,0}, pred[5]{0}) custom-call(%p.1, %gte.2, %s), '
+        'custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(f)/pallas_call"}',
+        '  ROOT %cc = f32[4,8]{1,0} custom-call(%p.1), custom_call_target="__cublas$lt$matmul"',
+    ])
+    assert rl.hlo_type_bytes("(bf16[2]{0}, c64[3]{0})") == 2 * 2 + 3 * 8
+    assert rl.hlo_kernel_io_bytes(text) == (4 * 8 * 4 + 5) + (4 * 8 * 4 + 3 * 8 + 4)
+    assert rl.hlo_kernel_io_bytes(text.replace("xla.gpu.triton", "other")) == 0
+
+
+def test_layer_cells_add_the_kernels_io_to_xlas_bytes():
+    from ssm_lra.bench.report import layer_cells
+
+    times = {"median": 1e-3, "p10": 1e-3, "p90": 1e-3}
+    xla = {"flops": 2e9, "bytes_accessed": 3e6, "kernels": ["scan"], "kernel_io_bytes": 1e6}
+    cells = layer_cells({"experiment": "e", "layer": {"measured_s": times, "xla": xla}})
+    assert cells[1] == "2.000 (kernels' FLOPs not counted)" and cells[2] == "4.0 (kernels' I/O 1.0)"
+    plain = layer_cells({"experiment": "e", "layer": {"measured_s": times, "xla": {**xla, "kernels": []}}})
+    assert plain[1] == "2.000" and plain[2] == "3.0"
+
+
+def test_layer_roofline_counts_the_kernels_bytes():
+    """A memory-bound layer: its roofline time is (XLA's bytes + the kernels' I/O) / bandwidth, and
+    the achieved fraction that roofline over the measured time."""
+    from ssm_lra.bench.measure import layer_rooflines
+
+    ceilings = {"bandwidth": {"bytes_per_s": 1e12}, "matmul_f32_default": {"flops_per_s": 1e15}}
+    layer = {
+        "measured_s": {"median": 8e-6},
+        "xla": {"flops": 1e6, "bytes_accessed": 3e6, "kernel_io_bytes": 1e6},
+        "compulsory_bytes": 2e6,
+    }
+    out = layer_rooflines(layer, ceilings, {})
+    assert out["roofline"]["time_s"] == pytest.approx(4e-6) and out["roofline"]["bound"] == "memory"
+    assert out["roofline"]["achieved_fraction"] == pytest.approx(0.5)
+    assert out["floor"]["time_s"] == pytest.approx(2e-6)
+    no_kernels = layer_rooflines({**layer, "xla": {**layer["xla"], "kernel_io_bytes": None}}, ceilings, {})
+    assert no_kernels["roofline"]["time_s"] == pytest.approx(3e-6)
+
+
 def test_hlo_has_loops():
     assert rl.hlo_has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
     assert not rl.hlo_has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")

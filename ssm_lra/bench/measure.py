@@ -64,7 +64,7 @@ def peak_memory_bytes() -> int | None:
 
 def compiled_costs(compiled) -> dict:
     """XLA's cost analysis of a compiled program, with its loops (counted once by XLA) and its
-    Pallas kernels (not counted at all)."""
+    Pallas kernels (not counted by XLA; their operands and results are `kernel_io_bytes`)."""
     costs = rl.read_cost_analysis(compiled.cost_analysis())
     try:
         text = compiled.as_text()
@@ -73,6 +73,7 @@ def compiled_costs(compiled) -> dict:
     costs["has_loops"] = rl.hlo_has_loops(text) if text is not None else None
     costs["loops"] = rl.hlo_loops(text) if text is not None else None
     costs["kernels"] = rl.hlo_kernels(text) if text is not None else None
+    costs["kernel_io_bytes"] = rl.hlo_kernel_io_bytes(text) if text is not None else None
     costs["memory"] = compiled_memory(compiled)
     return costs
 
@@ -303,6 +304,8 @@ def layer_rooflines(layer: dict, ceilings: dict | None, trainer: dict) -> dict:
     work that is elementwise runs on the vector units, far below it, so for such layers the
     compute term is optimistic (a lower bound on time)."""
     flops, xla_bytes = layer["xla"]["flops"], layer["xla"]["bytes_accessed"]
+    if xla_bytes is not None:  # XLA counts nothing for Pallas kernels: add what they must move
+        xla_bytes += layer["xla"].get("kernel_io_bytes") or 0
     if not ceilings or flops is None or xla_bytes is None:
         return {"roofline": None, "floor": None}
     ceiling_name, peak = compute_ceiling(ceilings, trainer)

@@ -84,12 +84,19 @@ def layer_cells(row: dict) -> list[str]:
     times = layer["measured_s"]
     flops = _get(layer, "xla", "flops")
     loops = " (loop: undercount)" if _get(layer, "xla", "has_loops") else ""
+    xla_bytes = _get(layer, "xla", "bytes_accessed")
+    kernel_bytes = _get(layer, "xla", "kernel_io_bytes")
+    bytes_cell = fmt(xla_bytes, ",.1f", 1e-6)
     if _get(layer, "xla", "kernels"):
-        loops += " (kernels not counted)"
+        loops += " (kernels' FLOPs not counted)"
+        if kernel_bytes is not None and xla_bytes is not None:
+            bytes_cell = f"{(xla_bytes + kernel_bytes) * 1e-6:,.1f} (kernels' I/O {kernel_bytes * 1e-6:,.1f})"
+        else:
+            bytes_cell += " (kernels not counted)"
     return [
         row["experiment"],
         fmt(flops, ".3f", 1e-9) + loops,
-        fmt(_get(layer, "xla", "bytes_accessed"), ",.1f", 1e-6),
+        bytes_cell,
         fmt(layer.get("compulsory_bytes"), ",.1f", 1e-6),
         fmt(_get(layer, "roofline", "bound")),
         fmt(_get(layer, "roofline", "time_s"), ".3f", 1e3),
@@ -185,8 +192,9 @@ def markdown(doc: dict) -> str:
             "experiment); roofline = max(FLOPs / matmul rate (float32 at default precision; bfloat16 with "
             "trainer.precision=bfloat16), bytes / bandwidth); achieved = roofline / measured "
             "median. Floor: the same with the compulsory bytes only (inputs read once, outputs written once). "
-            "'loop: undercount' marks a program with a while loop, whose body XLA counts once; 'kernels not "
-            "counted', one that calls Pallas kernels, which XLA's cost analysis does not see into. See NOTES.md."
+            "'loop: undercount' marks a program with a while loop, whose body XLA counts once. XLA's cost analysis does "
+            "not see into Pallas kernels: their FLOPs are not counted, and their bytes are their operands read "
+            "and results written once (a lower bound), added to XLA's ('kernels' I/O'). See NOTES.md."
         ),
         "",
         markdown_table(LAYER_COLUMNS, [layer_cells(r) for r in rows]),

@@ -134,6 +134,41 @@ def hlo_kernels(hlo_text: str) -> list[str]:
     return kernels
 
 
+# One instruction of HLO text: `%name = TYPE opcode(operands...`; TYPE may be a tuple.
+_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+[\w\-]+\(")
+_HLO_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
+
+
+def hlo_type_bytes(hlo_type: str) -> int:
+    """Bytes of an HLO type: `f32[4,8]{1,0}` -> 128; a tuple's are summed; pred counts one byte."""
+    total = 0
+    for dtype, dims in _HLO_ARRAY.findall(hlo_type):
+        bits = 8 if dtype == "pred" else int(re.match(r"[a-z]+(\d+)", dtype).group(1))
+        total += math.prod(int(d) for d in dims.split(",") if d) * max(bits // 8, 1)
+    return total
+
+
+def hlo_kernel_io_bytes(hlo_text: str) -> int:
+    """The bytes the Pallas/Triton kernels of a compiled program read and write at the least: each
+    call's operands read once and its results written once. XLA's cost analysis counts nothing for
+    them; adding this makes a layer's roofline a lower bound again rather than a guess, though a
+    kernel that reads an input twice or spills moves more."""
+    types = {}
+    for line in hlo_text.splitlines():
+        m = _HLO_DEF.match(line)
+        if m:
+            types[m.group(1)] = m.group(2)
+    total = 0
+    for line in hlo_text.splitlines():
+        if "xla.gpu.triton" not in line or "custom-call(" not in line:
+            continue
+        m = _HLO_DEF.match(line)
+        operands = line.split("custom-call(", 1)[1].split(")", 1)[0]
+        total += hlo_type_bytes(m.group(2)) if m else 0
+        total += sum(hlo_type_bytes(types.get(name, "")) for name in re.findall(r"%([\w.\-]+)", operands))
+    return total
+
+
 # ----------------------------------------------------------------------------------------------
 # Measured ceilings (need jax and a device).
 
