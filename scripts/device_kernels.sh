@@ -27,6 +27,8 @@
 #           with AB_OVERRIDES for every run (AB_TAG names them);
 #   part 17: the chunked route's profiles with the optimized HLO: S4D at the ListOps reference
 #           configuration (5.5% short of its target) and S4D Path-X;
+#   part 18: the Path-X layers on fused kernels with their kernels' I/O counted (the issue's
+#           "within 3x of the roofline"), full ceilings;
 #   part 15: S4D Pathfinder's profile with every op listed and the optimized HLO, to read what
 #           each fusion of its 10.6 ms step holds.
 # (The few-states layout's check and full step live on branch merge-scan, which has that layout:
@@ -148,6 +150,9 @@ elif [ "$part" = 17 ]; then
   timeout 120 python3 scripts/profile_step.py --experiment s4d/listops --top 600 --hlo \
     --out "$out/profile-reference-hlo" $ref
   timeout 150 python3 scripts/profile_step.py --experiment s4d/pathx --top 600 --hlo --out "$out/profile-pathx-hlo"
+elif [ "$part" = 18 ]; then
+  python3 -m ssm_lra.bench --experiments mamba/pathx,s5/pathx,s5_ptd/pathx --steps 20 --warmup 2 \
+    --timeout 170 --max-minutes 9 --out "$out" --name pathx-fused-kernel-io
 elif [ "$part" = 16 ]; then
   for round in $(seq "${AB_ROUNDS:-1}"); do
     for e in ${AB_EXPERIMENTS//,/ }; do
