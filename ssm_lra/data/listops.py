@@ -34,6 +34,7 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 from ssm_lra.atomic import atomic_open
+from ssm_lra.data.generation import check_generation_args, generation_progress
 from ssm_lra.errors import DataError, UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -368,31 +369,6 @@ def _metadata(num: int, seed: int, params: GeneratorParams) -> dict:
     }
 
 
-def _check_args(num: int, seed: int, workers: int) -> None:
-    if num < 1:
-        raise UserError(f"the number of examples must be at least 1, got {num}.")
-    if seed < 0:
-        raise UserError(f"the seed must be a non-negative integer, got {seed}.")
-    if workers < 1:
-        raise UserError(f"the number of workers must be at least 1, got {workers}.")
-
-
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn
-
-    return Progress(
-        TextColumn("ListOps trees"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
 def generate_listops_release(
     out_dir,
     num: int,
@@ -411,7 +387,7 @@ def generate_listops_release(
     """
     params = GeneratorParams(min_length, max_length, max_depth, max_args)
     params.validate()
-    _check_args(num, seed, workers)
+    check_generation_args(num, seed, workers)
     out_dir = Path(out_dir)
     meta_path = out_dir / "generator.json"
     try:
@@ -422,7 +398,7 @@ def generate_listops_release(
         raise UserError(f"cannot write to {out_dir}: {exc.strerror or exc}; choose a writable output directory.")
 
     if progress:
-        with _progress_bar() as bar:
+        with generation_progress("ListOps trees") as bar:
             task = bar.add_task("trees", total=num)
             rows = generate_unique(num, seed, params, workers, on_new=lambda n: bar.advance(task, n))
     else:

@@ -127,6 +127,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ssm_lra import atomic
+from ssm_lra.data.generation import check_generation_args, generation_progress
 from ssm_lra.errors import DataError, UserError
 
 DIFFICULTY_FOLDERS = {6: "curv_baseline", 9: "curv_contour_length_9", 14: "curv_contour_length_14"}
@@ -821,12 +822,7 @@ def _check_args(resolution, contour_length, num, seed, workers) -> None:
             f"contour length must be one of {', '.join(map(str, DIFFICULTY_FOLDERS))} "
             f"(easy / medium / hard), got {contour_length}."
         )
-    if num < 1:
-        raise UserError(f"the number of images must be at least 1, got {num}.")
-    if seed < 0:
-        raise UserError(f"the seed must be a non-negative integer, got {seed}.")
-    if workers < 1:
-        raise UserError(f"the number of workers must be at least 1, got {workers}.")
+    check_generation_args(num, seed, workers, items="images")
 
 
 def _metadata(resolution: int, contour_length: int, num: int, seed: int) -> dict:
@@ -869,22 +865,6 @@ def _remove_stale(folder: Path, counts: dict[int, int]) -> None:
                 png.unlink()
         if keep == 0 and not any(sub.iterdir()):
             sub.rmdir()
-
-
-def _progress_bar(title: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn
-
-    return Progress(
-        TextColumn(title),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
 
 
 def _run_chunks(tasks: list[tuple], workers: int) -> Iterable[tuple[int, list, float]]:
@@ -952,7 +932,7 @@ def generate_pathfinder_release(
 
     try:
         if progress:
-            with _progress_bar(f"Pathfinder-{resolution} images") as bar:
+            with generation_progress(f"Pathfinder-{resolution} images") as bar:
                 task = bar.add_task("images", total=num)
                 consume(lambda n: bar.advance(task, n))
         else:

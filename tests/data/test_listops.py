@@ -6,8 +6,6 @@ import collections
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ import pytest
 from ssm_lra.data import listops
 from ssm_lra.data.listops import GeneratorParams
 from ssm_lra.errors import DataError, UserError
+from tests.data.cli import assert_generate_rejects, run_data_cli
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(min_length=10, max_length=60)  # fast bounds: a few ms per chunk
 
 
@@ -328,16 +326,9 @@ def test_reader_rejects_binary_files(tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
-        [sys.executable, "-m", "ssm_lra.data", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_cli_generates_listops(tmp_path):
     out = tmp_path / "listops"
-    result = _cli(
+    result = run_data_cli(
         "generate", "--task", "listops", "--out", str(out), "--num", "30", "--seed", "1", "--workers", "1",
         "--min-length", "10", "--max-length", "60",
     )  # fmt: skip
@@ -366,16 +357,8 @@ def test_cli_generates_listops(tmp_path):
     ids=["num0", "seed", "workers", "task", "bounds", "unwritable"],
 )
 def test_cli_bad_arguments_are_one_line_errors(tmp_path, args):
-    blocked = tmp_path / "a_file"
-    blocked.write_text("")
-    base = {"--task": "listops", "--out": str(tmp_path / "out"), "--num": "5", "--workers": "1"}
-    base.update(dict(zip(args[::2], args[1::2])))
-    argv = ["generate"] + [x.replace("{blocked}", str(blocked)) for kv in base.items() for x in kv]
-    result = _cli(*argv)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    defaults = {"--task": "listops", "--out": str(tmp_path / "out"), "--num": "5", "--workers": "1"}
+    assert_generate_rejects(tmp_path, defaults, args)
 
 
 def test_generators_registry_drives_task_choices():

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +12,8 @@ from scipy import ndimage
 
 from ssm_lra.data import pathfinder as pf
 from ssm_lra.errors import DataError, UserError
+from tests.data.cli import assert_generate_rejects, run_data_cli
 
-REPO = Path(__file__).resolve().parents[2]
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: 1-pixel-wide diagonal lines are 8- but not 4-connected
 
 
@@ -355,16 +352,9 @@ def test_split_indices():
 # ---------------------------------------------------------------- the command line
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
-        [sys.executable, "-m", "ssm_lra.data", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_cli_generates_the_release_layout(tmp_path):
     out = tmp_path / "pathfinder32"
-    result = _cli("generate", "--task", "pathfinder32", "--out", str(out), "--num", "20", "--seed", "1",
+    result = run_data_cli("generate", "--task", "pathfinder32", "--out", str(out), "--num", "20", "--seed", "1",
                   "--workers", "1", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1 and "20 curv_contour_length_14 images" in result.stdout
@@ -390,16 +380,8 @@ def test_cli_generates_the_release_layout(tmp_path):
     ids=["contour", "pathx-contour", "num0", "workers", "task", "unwritable"],
 )
 def test_cli_bad_arguments_are_one_line_errors(tmp_path, args):
-    blocked = tmp_path / "a_file"
-    blocked.write_text("")
-    base = {"--task": "pathfinder32", "--out": str(tmp_path / "out"), "--num": "3", "--workers": "1"}
-    base.update(dict(zip(args[::2], args[1::2])))
-    argv = ["generate"] + [x.replace("{blocked}", str(blocked)) for kv in base.items() for x in kv]
-    result = _cli(*argv)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    defaults = {"--task": "pathfinder32", "--out": str(tmp_path / "out"), "--num": "3", "--workers": "1"}
+    assert_generate_rejects(tmp_path, defaults, args)
 
 
 def test_generators_registry_has_the_pathfinder_tasks():
