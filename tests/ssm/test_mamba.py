@@ -27,6 +27,7 @@ from ssm_lra.ssm.mamba import (
     selective_scan,
 )
 from ssm_lra.ssm.mamba_kernel import selective_scan_fused
+from tests.ssm.checks import check_layer_gradients
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba.yaml"
 
@@ -410,17 +411,10 @@ def test_float32_default_and_input_dtype_preserved():
 
 
 def test_gradients_match_finite_differences():
-    from jax.test_util import check_grads
-
     H, L = 2, 7
     layer = make_layer(H, d_state=2, expand=1, dt_rank=1, bidirectional=True, chunk_size=3)
     variables = random_params(layer, seed=7)
-    u = jnp.asarray(np.random.default_rng(7).normal(size=(1, L, H)))
-
-    def loss(params):
-        return jnp.sum(jnp.sin(layer.apply({"params": params}, u)))
-
-    check_grads(jax.jit(loss), (variables["params"],), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    check_layer_gradients(layer, variables["params"], H, L)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ssm_lra.ssm.s4 import (
     s4_kernel,
     s4_kernel_powers,
 )
+from tests.ssm.checks import check_layer_gradients
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "model" / "s4.yaml"
 KERNEL_ARGS = ("log_dt", "log_A_real", "A_imag", "P", "B", "C")
@@ -425,17 +426,10 @@ def test_float32_default_and_input_dtype_preserved():
 
 
 def test_gradients_match_finite_differences():
-    from jax.test_util import check_grads
-
     H, N, L = 2, 4, 9
     layer = make_layer(H, N, bidirectional=True)
     variables = random_variables(H, N, channels=2, seed=7)
-    u = jnp.asarray(np.random.default_rng(7).normal(size=(1, L, H)))
-
-    def loss(params):
-        return jnp.sum(jnp.sin(layer.apply({"params": params}, u)))
-
-    check_grads(jax.jit(loss), (variables["params"],), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    check_layer_gradients(layer, variables["params"], H, L)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from ssm_lra.ssm.s4d import (
     complex_normal_init,
     resolve_conv,
 )
+from tests.ssm.checks import check_layer_gradients
 
 
 @pytest.fixture(autouse=True)
@@ -674,17 +675,10 @@ def test_float32_default_and_input_dtype_preserved():
     "options", [{"conv": "fft"}, {"conv": "chunked", "chunk_size": 4}, {"conv": "scan_interpret"}], ids=["fft", "chunked", "scan"]
 )
 def test_gradients_match_finite_differences(options):
-    from jax.test_util import check_grads
-
     H, N, L = 2, 4, 9
     layer = make_layer(H, N, discretization="zoh", bidirectional=True, **options)
     variables = random_variables(H, N, channels=2, seed=7)
-    u = jnp.asarray(np.random.default_rng(7).normal(size=(1, L, H)))
-
-    def loss(params):
-        return jnp.sum(jnp.sin(layer.apply({"params": params}, u)))
-
-    check_grads(jax.jit(loss), (variables["params"],), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    check_layer_gradients(layer, variables["params"], H, L)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from ssm_lra.ssm import check_mixer_config, mixer_class
 from ssm_lra.ssm.hippo import hippo_legs_nplr
 from ssm_lra.ssm.ptd import ptd_eig
 from ssm_lra.ssm.s5 import S5, SSM_PARAM_NAMES, block_diagonal_init
+from tests.ssm.checks import check_layer_gradients
 
 
 @pytest.fixture(autouse=True)
@@ -344,17 +345,10 @@ def test_float32_default_and_input_dtype_preserved():
 
 
 def test_gradients_match_finite_differences():
-    from jax.test_util import check_grads
-
     H, P, L = 2, 4, 9
     layer = make_layer(H, P, conj_sym=True, bidirectional=True)
     params = random_params(H, P // 2, 2, seed=7)
-    u = jnp.asarray(np.random.default_rng(7).normal(size=(1, L, H)))
-
-    def loss(params):
-        return jnp.sum(jnp.sin(layer.apply({"params": params}, u)))
-
-    check_grads(jax.jit(loss), (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    check_layer_gradients(layer, params, H, L)
 
 
 # ----------------------------------------------------------------------------------------------
