@@ -138,7 +138,7 @@ def run(cfg: DictConfig) -> dict:
     # Model, optimizer, state: replicated over a data-parallel mesh of every visible device.
     import jax
 
-    from ssm_lra.engine.checkpoint import Checkpoints
+    from ssm_lra.engine.checkpoint import CheckpointMismatch, Checkpoints
     from ssm_lra.engine.distributed import batch_sharded, data_mesh, replicated
     from ssm_lra.engine.logging import RunLogger
     from ssm_lra.engine.loop import Progress, evaluate, fit
@@ -152,7 +152,13 @@ def run(cfg: DictConfig) -> dict:
     checkpoints = Checkpoints(run_dir / "checkpoints")
     progress = Progress()
     if trainer.get("resume") and checkpoints.latest_step("latest") is not None:
-        state, meta = checkpoints.restore("latest", state)
+        try:
+            state, meta = checkpoints.restore("latest", state)
+        except CheckpointMismatch as e:
+            raise UserError(
+                f"{run_dir} holds a checkpoint of another model ({e}), so this run cannot resume it. Give the new "
+                "run a directory of its own (hydra.run.dir=PATH); the checkpoint is left as it is."
+            ) from None
         progress = Progress.from_meta(meta)
         print(
             f"Resuming from {checkpoints.directory / 'latest'} at step {int(state.step)}. "

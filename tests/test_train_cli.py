@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,23 @@ def test_smoke_run_writes_summary_metrics_checkpoints_and_wandb(smoke_run):
     assert list((run_dir / "figures").glob("*.png"))  # learning curves drawn and logged (logger.figures=curves)
     assert "Traceback" not in stderr
     assert "Tried to log to step" not in stdout + stderr  # W&B steps stay monotonic
+
+
+def test_resuming_a_checkpoint_of_another_model_is_one_clear_error(smoke_run, cache_dir, tmp_path):
+    """A run directory whose checkpoint another model wrote (here d_model 16 against the smoke
+    run's): the run stops before training, says which arrays differ, and leaves the files alone."""
+    run_dir, _, _ = smoke_run
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    files = lambda: sorted((str(p.relative_to(target)), p.stat().st_size) for p in (target / "checkpoints").rglob("*"))  # noqa: E731
+    before = files()
+    result = train(["trainer=smoke", "model.d_model=16", f"hydra.run.dir={target}"], cache_dir, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {target} holds a checkpoint of another model (params/"), error
+    assert "the model has" in error and "hydra.run.dir=PATH" in error
+    assert files() == before
 
 
 def test_help_and_cfg_job(cache_dir, tmp_path):

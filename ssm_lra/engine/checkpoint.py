@@ -17,11 +17,43 @@ import orbax.checkpoint as ocp
 KINDS = ("latest", "best")
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose arrays (names or shapes) are not those of the state it should fill."""
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(str(next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k)) for k in path)
+
+
+def array_shapes(tree: Any) -> dict[str, tuple]:
+    """{"params/block_0/.../kernel": shape, ...} of a pytree of arrays or of orbax array metadata."""
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple], most: int = 3) -> list[str]:
+    """What keeps `saved` from filling `wanted`, in words, in the order of `wanted` (a train state's:
+    step, parameters, batch statistics, ...), at most `most` items (then a count)."""
+    diffs = [f"{name}: saved {saved[name]}, the model has {shape}"
+             for name, shape in wanted.items() if name in saved and saved[name] != shape]
+    diffs += [f"{name} is not in the checkpoint" for name in wanted if name not in saved]
+    diffs += [f"{name} is in the checkpoint but not in the model" for name in saved if name not in wanted]
+    return diffs[:most] + ([f"and {len(diffs) - most} more"] if len(diffs) > most else [])
+
+
 class Checkpoints:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self._managers = {kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS}
+        # The handlers named up front, so that a manager that has not saved (a resume, an evaluation)
+        # can read a checkpoint's metadata before restoring it.
+        self._managers = {
+            kind: ocp.CheckpointManager(
+                self.directory / kind,
+                options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+            )
+            for kind in KINDS
+        }
 
     def save(self, kind: str, step: int, state: Any, meta: dict) -> None:
         manager = self._managers[kind]
@@ -49,6 +81,11 @@ class Checkpoints:
         index = manager.latest_step()
         if index is None:
             raise FileNotFoundError(f"no '{kind}' checkpoint in {self.directory}")
+        # Compared before any array is read: orbax would fail part-way, with reads still pending.
+        saved = array_shapes(manager.item_metadata(index)["state"].tree)
+        diffs = shape_differences(saved, array_shapes(like))
+        if diffs:
+            raise CheckpointMismatch("; ".join(diffs))
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = manager.restore(index, args=args)

@@ -221,6 +221,26 @@ def test_checkpoint_saves_of_one_step_twice_keep_the_newer(tmp_path):
     np.testing.assert_array_equal(state["w"], np.ones(2))
 
 
+def test_a_checkpoint_of_other_shapes_or_names_is_refused_before_reading(tmp_path):
+    """The mismatch names the arrays and shapes, and nothing is read: the checkpoint stays usable
+    for the state it was written from."""
+    from ssm_lra.engine.checkpoint import CheckpointMismatch
+
+    checkpoints = Checkpoints(tmp_path)
+    saved = {"w": jnp.ones((2, 3)), "block": {"b": jnp.zeros(4)}}
+    checkpoints.save("latest", 3, saved, {"epoch": 0})
+    with pytest.raises(CheckpointMismatch, match=r"^w: saved \(2, 3\), the model has \(5, 3\)$"):
+        checkpoints.restore("latest", {**saved, "w": jnp.ones((5, 3))})
+    with pytest.raises(CheckpointMismatch, match=r"block/c is not in the checkpoint; block/b is in the checkpoint but not"):
+        checkpoints.restore("latest", {"w": jnp.ones((2, 3)), "block": {"c": jnp.zeros(4)}})
+    many = {f"x{i}": jnp.zeros(1) for i in range(5)}
+    with pytest.raises(CheckpointMismatch, match=r"x2 is not in the checkpoint; and 2 more$"):
+        checkpoints.restore("latest", {**saved, **many})
+    state, meta = checkpoints.restore("latest", saved)
+    np.testing.assert_array_equal(state["w"], np.ones((2, 3)))
+    assert meta["step"] == 3
+
+
 CRASHING_SAVE = textwrap.dedent(
     """
     import os, sys
