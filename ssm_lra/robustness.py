@@ -20,6 +20,7 @@ Real-valued inputs only (image with task.input=real, pathfinder, pathx).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -90,6 +91,7 @@ def noisy_accuracy(run, split: str, eps: float, freq: float, phases: np.ndarray,
 
 
 def sweep_run(run_dir, eps_values, freqs, worst_case: int, split: str, kind: str, seed: int, limit, overrides, bar) -> dict:
+    from ssm_lra.data.loading import hold_splits_in_memory
     from ssm_lra.evaluate import load_run, make_predict, run_plan
 
     # Judged from the config alone, before any data is read or checkpoint restored.
@@ -100,6 +102,9 @@ def sweep_run(run_dir, eps_values, freqs, worst_case: int, split: str, kind: str
             "(task=image with task.input=real, pathfinder, pathx)."
         )
     run = load_run(run_dir, kind, overrides)
+    # The sweep reads the split once per (eps, frequency) pair: decode it once where it fits.
+    held = hold_splits_in_memory(run.data, run.plan.data.get("in_memory", "auto"), candidates=(split,))
+    run = dataclasses.replace(run, data=held)
     L = spec.seq_len
     freqs = list(freqs) if freqs else default_frequencies(L)
     bad = [f for f in freqs if not 0 <= f <= L / 2]

@@ -21,25 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from ssm_lra.errors import UserError
 
 
-def hold_splits_in_memory(data, mode):
-    """The training and validation splits read into memory once where data.in_memory says so."""
-    import dataclasses
-
-    from ssm_lra.data.pipeline import InMemorySplit, splits_to_hold
-    from ssm_lra.engine.logging import progress_bar
-
-    names = splits_to_hold(data.splits, data.spec, mode)
-    if not names:
-        return data
-    splits, spec = dict(data.splits), data.spec
-    with progress_bar() as bar:
-        for name in names:
-            task = bar.add_task(f"reading {name} into memory", total=len(splits[name]), info="")
-            advance = lambda n, task=task: bar.advance(task, n)  # noqa: E731
-            splits[name] = InMemorySplit(splits[name], spec.seq_len, spec.tokens, spec.dual, progress=advance)
-    return dataclasses.replace(data, splits=splits)
-
-
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -130,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
     spec, model, trainer = plan.spec, plan.model, plan.trainer
 
     # Data.
-    from ssm_lra.data.loading import load_task_data
+    from ssm_lra.data.loading import hold_splits_in_memory, load_task_data
 
     data = load_task_data(plan.task, plan.data)
     data = hold_splits_in_memory(data, plan.data.get("in_memory", "auto"))

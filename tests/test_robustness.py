@@ -88,6 +88,8 @@ def test_command_writes_json_and_plot(smoke, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "robustness.json").read_text())
     (record,) = result["runs"]
+    # The test split was read into memory once for the sweep: the same accuracy as training's.
+    assert record["clean_accuracy"] == json.loads((run_dir / "summary.json").read_text())["test_accuracy"]
     assert record["freqs"] == [0, 1, 8] and set(record["accuracy"]) == {"0.5", "1"}
     assert all(len(v) == 3 and all(0 <= a <= 1 for a in v) for v in record["accuracy"].values())
     worst = record["worst_case"]

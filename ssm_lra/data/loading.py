@@ -210,3 +210,22 @@ def load_task_data(task_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> 
     folder = locate(spec, task_cfg, data_cfg)
     splits = tfds_builders.prepare(spec.name, folder, source_files(spec, folder), cache_dir)
     return TaskData(spec=spec, splits={s: splits[s] for s in SPLITS}, source_dir=folder)
+
+
+def hold_splits_in_memory(data: TaskData, mode, candidates: Sequence[str] | None = None) -> TaskData:
+    """`data` with the splits that data.in_memory (`mode`) selects among `candidates` (by default
+    training and validation, which training reads many times) read into memory once, with a
+    progress bar (`pipeline.splits_to_hold`, `pipeline.InMemorySplit`)."""
+    from ssm_lra.data.pipeline import HELD_SPLITS, InMemorySplit, splits_to_hold
+    from ssm_lra.engine.logging import progress_bar
+
+    names = splits_to_hold(data.splits, data.spec, mode, candidates=candidates or HELD_SPLITS)
+    if not names:
+        return data
+    splits, spec = dict(data.splits), data.spec
+    with progress_bar() as bar:
+        for name in names:
+            task = bar.add_task(f"reading {name} into memory", total=len(splits[name]), info="")
+            advance = lambda n, task=task: bar.advance(task, n)  # noqa: E731
+            splits[name] = InMemorySplit(splits[name], spec.seq_len, spec.tokens, spec.dual, progress=advance)
+    return dataclasses.replace(data, splits=splits)

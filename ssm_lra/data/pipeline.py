@@ -150,12 +150,15 @@ def check_in_memory_mode(mode) -> None:
         raise ConfigError(f"data.in_memory={mode!r} is not one of auto, true, false.")
 
 
-def splits_to_hold(splits: dict, spec: TaskSpec, mode, budget: int = IN_MEMORY_BUDGET) -> list[str]:
-    """Which of the training and validation splits to hold in memory (`InMemorySplit`), by
-    data.in_memory: True, all of them; "auto", all of them if they take at most `budget` bytes
-    together (Pathfinder, ListOps, Text, Image; not Path-X or Retrieval at full size); False, none."""
+def splits_to_hold(
+    splits: dict, spec: TaskSpec, mode, budget: int = IN_MEMORY_BUDGET, candidates: Sequence[str] = HELD_SPLITS
+) -> list[str]:
+    """Which of the `candidates` splits (by default those training reads many times: training and
+    validation) to hold in memory (`InMemorySplit`), by data.in_memory: True, all of them; "auto",
+    all of them if they take at most `budget` bytes together (Pathfinder, ListOps, Text, Image; not
+    Path-X or Retrieval at full size); False, none."""
     check_in_memory_mode(mode)
-    names = [name for name in HELD_SPLITS if name in splits and not isinstance(splits[name], InMemorySplit)]
+    names = [name for name in candidates if name in splits and not isinstance(splits[name], InMemorySplit)]
     if mode is False or (mode == "auto" and sum(in_memory_bytes(splits[name], spec) for name in names) > budget):
         return []
     return names

@@ -85,6 +85,8 @@ def test_size_estimate_and_which_splits_are_held():
     assert splits_to_hold(splits, spec, True, budget=0) == ["train", "validation"]
     assert splits_to_hold(splits, spec, False) == []
     assert splits_to_hold({**splits, "train": held}, spec, True) == ["validation"]  # held already
+    assert splits_to_hold(splits, spec, "auto", candidates=("test",)) == ["test"]  # a robustness sweep's split
+    assert splits_to_hold(splits, spec, False, candidates=("test",)) == []
     with pytest.raises(ConfigError, match="data.in_memory"):
         splits_to_hold(splits, spec, "yes")
 
