@@ -82,10 +82,11 @@ class Checkpoints:
         if index is None:
             raise FileNotFoundError(f"no '{kind}' checkpoint in {self.directory}")
         # Compared before any array is read: orbax would fail part-way, with reads still pending.
-        saved = array_shapes(manager.item_metadata(index)["state"].tree)
-        diffs = shape_differences(saved, array_shapes(like))
-        if diffs:
-            raise CheckpointMismatch("; ".join(diffs))
+        metadata = manager.item_metadata(index)["state"]
+        if metadata is not None:  # a checkpoint without array metadata goes straight to orbax
+            diffs = shape_differences(array_shapes(metadata.tree), array_shapes(like))
+            if diffs:
+                raise CheckpointMismatch("; ".join(diffs))
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = manager.restore(index, args=args)
