@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,10 @@ def saved_arrays(run_dir, kind):
     import orbax.checkpoint as ocp
 
     newest = max((run_dir / "checkpoints" / kind).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
-    tree = ocp.PyTreeCheckpointer().restore(newest / "state")
+    with warnings.catch_warnings():
+        # Read back on the one device that wrote it, so the saved sharding is the right one.
+        warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
+        tree = ocp.PyTreeCheckpointer().restore(newest / "state")
     return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
