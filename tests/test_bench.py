@@ -132,6 +132,20 @@ def test_layer_roofline_counts_the_kernels_bytes():
     assert no_kernels["roofline"]["time_s"] == pytest.approx(3e-6)
 
 
+def test_small_ceilings_on_a_gpu_are_flagged():
+    from ssm_lra.bench.report import ceilings_lines
+
+    rate = lambda n: {"flops_per_s": 1e12, "n": n}  # noqa: E731
+    ceilings = {
+        "bandwidth": {"bytes_per_s": 1e11, "array_bytes": 16 << 20},
+        "matmul_f32_default": rate(256), "matmul_f32_highest": rate(256), "matmul_bf16": rate(256),
+    }
+    flagged = lambda env: any("--ceiling-size small" in line for line in ceilings_lines(env))  # noqa: E731
+    assert flagged({"ceilings": ceilings, "ceiling_size": "small", "platform": "gpu"})
+    assert not flagged({"ceilings": ceilings, "ceiling_size": "small", "platform": "cpu"})
+    assert not flagged({"ceilings": ceilings, "ceiling_size": "full", "platform": "gpu"})
+
+
 def test_hlo_has_loops():
     assert rl.hlo_has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
     assert not rl.hlo_has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")

@@ -147,6 +147,12 @@ def ceilings_lines(env: dict) -> list[str]:
     ):
         m = ceilings[key]
         lines.append(f"- {label}: {m['flops_per_s'] / 1e12:,.2f} TFLOP/s ({m['n']}^3, random data, median of 10)")
+    if env.get("ceiling_size") == "small" and env.get("platform") not in (None, "cpu"):
+        lines.append(
+            "- measured at small sizes (--ceiling-size small): on this device they understate its peaks, so "
+            "the rooflines below are too long and the achieved fractions too high (above 100% is possible); "
+            "compare the step rates, or rerun with --ceiling-size full."
+        )
     return lines
 
 
