@@ -119,12 +119,12 @@ def run(cfg: DictConfig) -> dict:
     # Model, optimizer, state: replicated over a data-parallel mesh of every visible device.
     import jax
 
+    from ssm_lra.bench.report import format_routes
     from ssm_lra.engine.checkpoint import CheckpointMismatch, Checkpoints
     from ssm_lra.engine.distributed import batch_sharded, data_mesh, replicated
     from ssm_lra.engine.logging import RunLogger
     from ssm_lra.engine.loop import Progress, evaluate, fit
     from ssm_lra.engine.steps import count_params, make_eval_step
-    from ssm_lra.bench.report import format_routes
 
     schedule, tx, state = build_state(plan, len(data.splits["train"]))
     mesh = data_mesh()
