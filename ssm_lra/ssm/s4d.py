@@ -232,23 +232,28 @@ class S4D(Mixer):
         self.C = self.param("C", complex_normal_init(0.5), (self.channels, H, N2, 2), pd)
         self.D = self.param("D", nn.initializers.normal(stddev=1.0), (H,), pd)
 
-    def chunking(self) -> tuple[int | None, str]:
-        """(chunk size or None for the layer's own choice, product precision) of the chunked route:
-        `conv="auto"` runs it with the setting its rule was measured with."""
+    def resolved_conv(self) -> str:
+        return resolve_conv(self.conv, self.d_state, fused_scan_available())
+
+    def chunking(self) -> tuple[int | None, str, str]:
+        """(chunk size or None for the layer's own choice, product precision, chunk scan) of the
+        chunked route on this backend: `conv="auto"` runs it with the setting its rule was measured
+        with."""
+        scan = resolve_scan(self.chunk_scan, "xla")
         if self.conv == "auto":
-            return self.chunk_size or AUTO_CHUNK, "default"
-        return self.chunk_size, self.chunk_precision
+            return self.chunk_size or AUTO_CHUNK, "default", scan
+        return self.chunk_size, self.chunk_precision, scan
 
     def routes(self) -> dict[str, str]:
-        conv = resolve_conv(self.conv, self.d_state, fused_scan_available())
+        conv = self.resolved_conv()
         if conv != "chunked":
             return {"conv": conv}
-        chunk, precision = self.chunking()
+        chunk, precision, scan = self.chunking()
         return {
             "conv": "chunked",
             "chunk": str(chunk or "min(128, L)"),  # chunked_conv.default_chunk
             "chunk_precision": precision,
-            "chunk_scan": resolve_scan(self.chunk_scan, "xla"),
+            "chunk_scan": scan,
         }
 
     def kernel(self, L: int):
@@ -268,7 +273,7 @@ class S4D(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
-        conv = resolve_conv(self.conv, self.d_state, fused_scan_available())
+        conv = self.resolved_conv()
         if conv == "fft":
             K = self.kernel(u.shape[-2]).astype(x.dtype)
             y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])
@@ -276,9 +281,8 @@ class S4D(Mixer):
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
             if conv == "chunked":
-                chunk, precision = self.chunking()
-                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision,
-                                     scan=resolve_scan(self.chunk_scan, "xla"))
+                chunk, precision, scan = self.chunking()
+                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision, scan=scan)
             else:
                 y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")
         y = y + self.D.astype(x.dtype) * x
