@@ -33,6 +33,31 @@ def last_valid(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
 
 
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """nn.gelu (the tanh approximation), whose backward pass recomputes the tanh from x.
+
+    Differentiated as written, the forward pass also stores tanh(...) of every activation for the
+    backward pass: one more (B, L, H) array written and read back per block, where recomputing it
+    costs a few arithmetic operations in a pass that reads x anyway.
+    """
+    return nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+    return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    # The barrier keeps XLA from merging this tanh with the forward pass's (common-subexpression
+    # elimination), which would store it again.
+    x = jax.lax.optimization_barrier(x)
+    return jax.vjp(lambda v: nn.gelu(v, approximate=True), x)[1](g)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 class Norm(nn.Module):
     kind: str
 
@@ -89,7 +114,7 @@ class OutputActivation(nn.Module):
         if self.kind == "none":
             return drop(y)
         y = y.astype(self.dtype)
-        act = drop(nn.gelu(y))
+        act = drop(gelu(y))
         if self.kind == "glu":
             # Named as the nn.Dense it replaced, so that checkpoints keep their parameter paths.
             return drop(GatedDense(self.d_model, self.dtype, self.glu_split, name="Dense_0")(act))
