@@ -1,4 +1,4 @@
-"""Checks every mixer's tests share."""
+"""Checks and float64 references every mixer's tests share."""
 
 from __future__ import annotations
 
@@ -18,3 +18,20 @@ def check_layer_gradients(layer, params, H: int, L: int, seed: int = 7) -> None:
         return jnp.sum(jnp.sin(layer.apply({"params": p}, u)))
 
     check_grads(jax.jit(loss), (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def assert_rel_close(actual, expected, rtol):
+    """The largest error relative to the largest magnitude of `expected`, below rtol."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300)
+    assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
+
+
+def np_discretize(Lam, B, dt, kind):
+    """(Abar, Bbar) of a diagonal system by the textbook formulas: zoh, or bilinear otherwise."""
+    if kind == "zoh":
+        Abar = np.exp(dt * Lam)
+        return Abar, (Abar - 1) / Lam * B
+    denom = 1 - dt / 2 * Lam
+    return (1 + dt / 2 * Lam) / denom, dt * B / denom

@@ -27,7 +27,7 @@ from ssm_lra.ssm.mamba import (
     selective_scan,
 )
 from ssm_lra.ssm.mamba_kernel import selective_scan_fused
-from tests.ssm.checks import check_layer_gradients
+from tests.ssm.checks import assert_rel_close, check_layer_gradients
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba.yaml"
 
@@ -142,13 +142,6 @@ def random_params(layer, seed):
 
 def to_numpy(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
-
-
-def assert_rel_close(actual, expected, rtol):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300)
-    assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ssm_lra.ssm.s4 import (
     s4_kernel,
     s4_kernel_powers,
 )
-from tests.ssm.checks import check_layer_gradients
+from tests.ssm.checks import assert_rel_close, check_layer_gradients
 
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "model" / "s4.yaml"
 KERNEL_ARGS = ("log_dt", "log_A_real", "A_imag", "P", "B", "C")
@@ -154,13 +154,6 @@ def init_variables(layer, L, seed=0):
 
 def kernel_of(params, L, kernel=s4_kernel):
     return jax.jit(kernel, static_argnums=6)(*(params[k] for k in KERNEL_ARGS), L)
-
-
-def assert_rel_close(actual, expected, rtol):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300)
-    assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ssm_lra.ssm.s4d import (
     complex_normal_init,
     resolve_conv,
 )
-from tests.ssm.checks import check_layer_gradients
+from tests.ssm.checks import assert_rel_close, check_layer_gradients, np_discretize
 
 
 @pytest.fixture(autouse=True)
@@ -80,14 +80,6 @@ def direct_anticausal_conv(u, k):
         for j in range(i, L):
             y[:, i, :] += k[:, j - i] * u[:, j, :]
     return y
-
-
-def np_discretize(Lam, B, dt, kind):
-    if kind == "zoh":
-        Abar = np.exp(dt * Lam)
-        return Abar, (Abar - 1) / Lam * B
-    denom = 1 - dt / 2 * Lam
-    return (1 + dt / 2 * Lam) / denom, dt * B / denom
 
 
 def unpack(params):
@@ -154,13 +146,6 @@ def random_variables(H, N, channels, seed):
         "D": rng.normal(size=(H,)),
     }
     return {"params": {k: jnp.asarray(v, dtype=jnp.float64) for k, v in p.items()}}
-
-
-def assert_rel_close(actual, expected, rtol):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300)
-    assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ssm_lra.ssm import check_mixer_config, mixer_class
 from ssm_lra.ssm.hippo import hippo_legs_nplr
 from ssm_lra.ssm.ptd import ptd_eig
 from ssm_lra.ssm.s5 import S5, SSM_PARAM_NAMES, block_diagonal_init
-from tests.ssm.checks import check_layer_gradients
+from tests.ssm.checks import assert_rel_close, check_layer_gradients, np_discretize
 
 
 @pytest.fixture(autouse=True)
@@ -28,14 +28,6 @@ def x64():
 
 # ----------------------------------------------------------------------------------------------
 # References
-
-
-def np_discretize(Lam, B, dt, kind):
-    if kind == "zoh":
-        Abar = np.exp(dt * Lam)
-        return Abar, (Abar - 1) / Lam * B
-    denom = 1 - dt / 2 * Lam
-    return (1 + dt / 2 * Lam) / denom, dt * B / denom
 
 
 def unpack(params, clip_eigs=False):
@@ -119,13 +111,6 @@ def make_layer(H, P, **kw):
 
 def init_params(layer, H, seed=0):
     return jax.jit(layer.init)(jax.random.key(seed), jnp.zeros((1, 1, H)))["params"]
-
-
-def assert_rel_close(actual, expected, rtol):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300)
-    assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
 
 
 # ----------------------------------------------------------------------------------------------
