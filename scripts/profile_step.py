@@ -15,6 +15,7 @@ device events (kernels and copies on the GPU's streams) it prints and writes
 - the same summed by model part: each op's op_name cut to the Flax module path with the layer
   index dropped, forward and backward (transpose) apart;
 - with --hlo, the optimized HLO itself (`.hlo.txt.gz`): what each fusion computes, in which layout.
+  `scripts/hlo_traffic.py` reads it next to this profile: bytes and bandwidth per operation.
 
 Needs a device whose profile has device events (GPU); on a CPU the tables are empty.
 """

@@ -2,6 +2,7 @@
 of failed workers read, the time-to-accuracy bookkeeping, and one end-to-end CPU run of
 `python -m ssm_lra.bench` at smoke size."""
 
+import gzip
 import importlib.util
 import json
 import subprocess
@@ -455,3 +456,71 @@ def test_profile_summary_names_kernels_inside_command_buffers_by_their_fusion():
     assert by_op["cublas-lt-matmul.2"]["part"] == "bwd block/OutputActivation/Dense"
     assert summary["busy_ms_per_step"] == pytest.approx(0.005)
     assert summary["ops"][0]["op"] == "cublas-lt-matmul.2"  # the largest first
+
+
+# ----------------------------------------------------------------------------------------------
+# scripts/hlo_traffic.py: a profile's times next to the bytes its HLO says each op moves.
+
+TRAFFIC_HLO = """HloModule jit_train_step
+
+%fused_add (param_0: f32[1000,250], param_1: f32[250]) -> f32[1000,250] {
+  %param_0 = f32[1000,250]{1,0} parameter(0)
+  %param_1 = f32[250]{0} parameter(1)
+  %broadcast.1 = f32[1000,250]{1,0} broadcast(%param_1), dimensions={1}
+  ROOT %add.1 = f32[1000,250]{1,0} add(%param_0, %broadcast.1), metadata={op_name="x"}
+}
+
+ENTRY %main (x: f32[1000,250], b: f32[250], t: s32[1000]) -> f32[1000,250] {
+  %x = f32[1000,250]{1,0} parameter(0)
+  %b = f32[250]{0} parameter(1)
+  %t = s32[1000]{0} parameter(2)
+  %loop_add_fusion = f32[1000,250]{1,0} fusion(%x, /*index=1*/%b), kind=kLoop, calls=%fused_add, metadata={op_name="jit(train_step)/jvp(SequenceClassifier)/block_1/add"}
+  %custom-call.2 = (f32[1000,250]{1,0}, s8[4096]{0}) custom-call(%loop_add_fusion), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(train_step)/jvp(SequenceClassifier)/block_0/Dense/dot_general"}
+  %gte = f32[1000,250]{1,0} get-tuple-element(%custom-call.2), index=0
+  ROOT %scatter = f32[250]{0} scatter(%b, %t, %gte), metadata={op_name="jit(train_step)/transpose(jvp(SequenceClassifier))/block_1/take (x)"}
+}
+"""
+
+TRAFFIC_MD = """## Top 3 operations
+
+| op | kind | ms per step | launches | part | kernels |
+|---|---|---|---|---|---|
+| loop_add_fusion | fusion kLoop | 0.002 | 1 | `fwd block` | loop_add_fusion |
+| custom-call.2 | custom-call __cublas$lt$matmul | 0.004 | 2 | `fwd block/Dense` | sm90_gemm |
+| scatter | scatter | 0.010 | 1 | `bwd block` | scatter |
+| not_in_hlo | fusion kLoop | 0.5 | 1 | `fwd block` | x |
+"""
+
+
+def test_hlo_instruction_io_reads_operands_once_and_skips_library_workspace():
+    io = rl.hlo_instruction_io(TRAFFIC_HLO)
+    array, row = 1000 * 250 * 4, 250 * 4
+    assert io["loop_add_fusion"] == (array + row, array)  # the /*index*/ comment is not an operand
+    assert io["custom-call.2"] == (array, array)  # the s8 workspace is not a result
+    assert io["scatter"] == (row + 1000 * 4 + array, row)  # metadata's parentheses end nothing
+    assert io["broadcast.1"] == (row, array)  # fused computations' instructions too
+
+
+def test_hlo_traffic_rows_order_and_fusion_body(tmp_path, capsys):
+    traffic = load_script("hlo_traffic")
+    rows = traffic.traffic_rows(traffic.profile_ops(TRAFFIC_MD), TRAFFIC_HLO)
+    assert [r["op"] for r in rows] == ["loop_add_fusion", "custom-call.2", "scatter"]
+    add = rows[0]
+    assert add["mb_in"] == pytest.approx(1.001) and add["mb_out"] == pytest.approx(1.0)
+    assert add["tb_s"] == pytest.approx(2.001e6 / 2e-6 / 1e12)
+    assert traffic.entry_order(TRAFFIC_HLO, "block_1/") == ["loop_add_fusion", "scatter"]
+    body = traffic.fused_computation(TRAFFIC_HLO, "loop_add_fusion")
+    assert body.startswith("%fused_add (") and "ROOT %add.1" in body and "metadata" not in body
+    with pytest.raises(KeyError):
+        traffic.fused_computation(TRAFFIC_HLO, "nope")
+    md = tmp_path / "profile-x.md"
+    md.write_text(TRAFFIC_MD)
+    assert traffic.main([str(md)]) == 2  # no HLO next to it: a clear error
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "profile-x.hlo.txt.gz").write_bytes(gzip.compress(TRAFFIC_HLO.encode()))
+    assert traffic.main([str(md), "--below", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "scatter" in out and "loop_add_fusion" not in out  # 0.1 TB/s kept, 1 TB/s dropped
+    assert traffic.main([str(md), "--order", "block_1/"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("loop_add_fusion") < out.index("scatter") and "custom-call.2" not in out

@@ -148,25 +148,38 @@ def hlo_type_bytes(hlo_type: str) -> int:
     return total
 
 
+def hlo_instruction_io(hlo_text: str) -> dict[str, tuple[int, int]]:
+    """Per instruction of HLO text (every computation's): (bytes of its operands, bytes of its
+    result), from the types the text states. Read once and written once: a lower bound on what the
+    instruction's kernel moves (one that re-reads an input or spills moves more). A custom call's
+    s8 workspace at the end of its result tuple is not counted."""
+    defs = [(m.group(1), m.group(2), line) for line in hlo_text.splitlines() if (m := _HLO_DEF.match(line))]
+    types = {name: hlo_type for name, hlo_type, _ in defs}
+    io = {}
+    for name, hlo_type, line in defs:
+        operands = line[line.index("(", line.index(hlo_type) + len(hlo_type)) + 1 :]
+        depth, end = 1, 0
+        for end, ch in enumerate(operands):  # up to the opcode's closing parenthesis
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                break
+        names = re.findall(r"%([\w.\-]+)", operands[:end])
+        result = hlo_type
+        if "custom-call(" in line:  # a library call's trailing s8[...] is its workspace, not a result
+            result = re.sub(r",\s*s8\[[\d,]*\](\{[^}]*\})?\)$", ")", hlo_type)
+        io[name] = (sum(hlo_type_bytes(types.get(n, "")) for n in names), hlo_type_bytes(result))
+    return io
+
+
 def hlo_kernel_io_bytes(hlo_text: str) -> int:
     """The bytes the Pallas/Triton kernels of a compiled program read and write at the least: each
     call's operands read once and its results written once. XLA's cost analysis counts nothing for
     them; adding this makes a layer's roofline a lower bound again rather than a guess, though a
     kernel that reads an input twice or spills moves more."""
-    types = {}
-    for line in hlo_text.splitlines():
-        m = _HLO_DEF.match(line)
-        if m:
-            types[m.group(1)] = m.group(2)
-    total = 0
-    for line in hlo_text.splitlines():
-        if "xla.gpu.triton" not in line or "custom-call(" not in line:
-            continue
-        m = _HLO_DEF.match(line)
-        operands = line.split("custom-call(", 1)[1].split(")", 1)[0]
-        total += hlo_type_bytes(m.group(2)) if m else 0
-        total += sum(hlo_type_bytes(types.get(name, "")) for name in re.findall(r"%([\w.\-]+)", operands))
-    return total
+    io = hlo_instruction_io(hlo_text)
+    calls = [m.group(1) for line in hlo_text.splitlines()
+             if "xla.gpu.triton" in line and "custom-call(" in line and (m := _HLO_DEF.match(line))]
+    return sum(sum(io[name]) for name in calls)
 
 
 # ----------------------------------------------------------------------------------------------
