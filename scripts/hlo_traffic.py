@@ -7,7 +7,7 @@ optimized HLO that `scripts/profile_step.py --hlo` writes, read next to that pro
 
 PROFILE.md is a `profile-<experiment>.md`; its HLO is the `.hlo.txt.gz` of the same stem unless
 --hlo names another. Bytes are each operand read once and each result written once, from the
-types the HLO states (`roofline.hlo_instruction_io`): a lower bound on what a kernel moves. An
+types the HLO states (`ssm_lra.bench.hlo.instruction_io`): a lower bound on what a kernel moves. An
 operation far below the device's bandwidth with few bytes is latency-bound (a scatter of atomic
 adds, a tiny reduction); one near it moves what it must, and only a pass less saves time.
 """
@@ -23,11 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ssm_lra.bench.roofline import hlo_instruction_io
+from ssm_lra.bench import hlo
 
 # A row of the profile's "Top operations" table: | op | kind | ms per step | launches | part | ...
 PROFILE_ROW = re.compile(r"^\| ([\w.\-]+) \| ([^|]+) \| ([0-9.]+) \| (\d+) \| `([^`]*)` \|", re.M)
-DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
 
 
 def profile_ops(md_text: str) -> list[dict]:
@@ -40,7 +39,7 @@ def profile_ops(md_text: str) -> list[dict]:
 
 def traffic_rows(ops: list[dict], hlo_text: str) -> list[dict]:
     """The profile's rows that the HLO defines, with MB in and out and the TB/s reached."""
-    io = hlo_instruction_io(hlo_text)
+    io = hlo.instruction_io(hlo_text)
     rows = []
     for op in ops:
         if op["op"] not in io:
@@ -50,39 +49,6 @@ def traffic_rows(ops: list[dict], hlo_text: str) -> list[dict]:
         rows.append({**op, "mb_in": read / 1e6, "mb_out": written / 1e6,
                      "tb_s": (read + written) / seconds / 1e12 if seconds > 0 else 0.0})
     return rows
-
-
-def entry_order(hlo_text: str, op_name_part: str) -> list[str]:
-    """The ENTRY computation's instructions, in program order, whose metadata op_name holds
-    op_name_part (e.g. "block_2/" for one block, forward and backward)."""
-    entry = hlo_text[hlo_text.index("\nENTRY"):]
-    entry = entry[: entry.index("\n}")]
-    names = []
-    for line in entry.splitlines():
-        m = DEFINITION.match(line)
-        op_name = re.search(r'op_name="([^"]*)"', line)
-        if m and op_name and op_name_part in op_name.group(1):
-            names.append(m.group(1))
-    return names
-
-
-def fused_computation(hlo_text: str, instruction: str) -> str:
-    """The computation an instruction calls (a fusion's body), without metadata and backend
-    configs; the instruction's own line when it calls none."""
-    line = next((l for l in hlo_text.splitlines() if (m := DEFINITION.match(l)) and m.group(1) == instruction), None)
-    if line is None:
-        raise KeyError(f"no instruction %{instruction} in the HLO")
-    called = re.search(r"calls=%([\w.\-]+)", line)
-    if called is None:
-        return _strip(line)
-    start = re.search(rf"^%{re.escape(called.group(1))} \(", hlo_text, re.M)
-    body = hlo_text[start.start(): hlo_text.index("\n}", start.start()) + 2]
-    return "\n".join(_strip(l) for l in body.splitlines())
-
-
-def _strip(line: str) -> str:
-    line = re.sub(r", metadata=\{[^}]*\}", "", line)
-    return re.sub(r", backend_config=.*$", "", line)
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -115,7 +81,7 @@ def main(argv=None) -> int:
         hlo_text = f.read()
     if args.show:
         try:
-            print(fused_computation(hlo_text, args.show))
+            print(hlo.called_computation(hlo_text, args.show))
         except KeyError as e:
             print(f"error: {e.args[0]}", file=sys.stderr)
             return 2
@@ -123,7 +89,7 @@ def main(argv=None) -> int:
     rows = traffic_rows(profile_ops(args.profile.read_text()), hlo_text)
     rows = [r for r in rows if args.part in r["part"] and (args.below is None or r["tb_s"] < args.below)]
     if args.order:
-        position = {name: i for i, name in enumerate(entry_order(hlo_text, args.order))}
+        position = {name: i for i, name in enumerate(hlo.entry_order(hlo_text, args.order))}
         rows = sorted((r for r in rows if r["op"] in position), key=lambda r: position[r["op"]])
     else:
         rows = sorted(rows, key=lambda r: -r["ms"])[: args.top]

@@ -38,30 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ssm_lra import atomic
-
-# One line of optimized HLO: `%name = type op(...), ..., metadata={op_name="..." ...}`.
-HLO_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([\w\-]+)\(")
-OP_NAME = re.compile(r'op_name="([^"]*)"')
-CUSTOM_TARGET = re.compile(r'custom_call_target="([^"]*)"')
-FUSION_KIND = re.compile(r"kind=(k\w+)")
-
-
-def hlo_ops(hlo_text: str) -> dict[str, dict]:
-    """Each instruction of the optimized HLO: its opcode, fusion kind or custom-call target, and
-    the op_name of its metadata (the jax/Flax call path it was traced from)."""
-    ops = {}
-    for line in hlo_text.splitlines():
-        m = HLO_LINE.match(line)
-        if not m:
-            continue
-        name, opcode = m.group(1), m.group(2)
-        op_name = OP_NAME.search(line)
-        target = CUSTOM_TARGET.search(line)
-        kind = FUSION_KIND.search(line)
-        detail = target.group(1) if target else (kind.group(1) if kind and opcode == "fusion" else "")
-        ops[name] = {"opcode": opcode, "detail": detail, "op_name": op_name.group(1) if op_name else ""}
-    return ops
-
+from ssm_lra.bench import hlo
 
 def model_part(op_name: str) -> str:
     """A short, layer-independent label of where an op came from: the Flax module path with layer
@@ -200,7 +177,7 @@ def main(argv=None) -> int:
     _, tx, state = build_state(plan, NUM_TRAIN)
     batch = random_batch(plan.spec, plan.trainer["batch_size"])
     compiled = make_train_step(plan.model, tx).lower(state, batch).compile()
-    ops = hlo_ops(compiled.as_text())
+    ops = hlo.instructions(compiled.as_text())
     state, metrics, _ = time_back_to_back(compiled, state, batch, args.warmup)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ssm_lra.bench import cli, report
+from ssm_lra.bench import cli, hlo, report
 from ssm_lra.bench import roofline as rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def test_hlo_kernels_names_the_pallas_calls():
         call.format(i=2),
         '%f = f32[2] fusion(%a), kind=kLoop, metadata={op_name="triton_like_name"}',
     ])
-    assert rl.hlo_kernels(text) == ["selective_scan_forward", "?"]
-    assert rl.hlo_kernels("%f = f32[2] fusion(%a), kind=kLoop") == []
+    assert hlo.kernels(text) == ["selective_scan_forward", "?"]
+    assert hlo.kernels("%f = f32[2] fusion(%a), kind=kLoop") == []
 
 
 def test_hlo_kernel_io_bytes_counts_each_pallas_call_in_and_out():
@@ -98,9 +98,9 @@ def test_hlo_kernel_io_bytes_counts_each_pallas_call_in_and_out():
         'custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(f)/pallas_call"}',
         '  ROOT %cc = f32[4,8]{1,0} custom-call(%p.1), custom_call_target="__cublas$lt$matmul"',
     ])
-    assert rl.hlo_type_bytes("(bf16[2]{0}, c64[3]{0})") == 2 * 2 + 3 * 8
-    assert rl.hlo_kernel_io_bytes(text) == (4 * 8 * 4 + 5) + (4 * 8 * 4 + 3 * 8 + 4)
-    assert rl.hlo_kernel_io_bytes(text.replace("xla.gpu.triton", "other")) == 0
+    assert hlo.type_bytes("(bf16[2]{0}, c64[3]{0})") == 2 * 2 + 3 * 8
+    assert hlo.kernel_io_bytes(text) == (4 * 8 * 4 + 5) + (4 * 8 * 4 + 3 * 8 + 4)
+    assert hlo.kernel_io_bytes(text.replace("xla.gpu.triton", "other")) == 0
 
 
 def test_layer_cells_add_the_kernels_io_to_xlas_bytes():
@@ -148,8 +148,8 @@ def test_small_ceilings_on_a_gpu_are_flagged():
 
 
 def test_hlo_has_loops():
-    assert rl.hlo_has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
-    assert not rl.hlo_has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")
+    assert hlo.has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
+    assert not hlo.has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,13 +435,13 @@ def test_profile_model_part_drops_layer_indices_and_marks_the_backward_pass():
 
 def test_profile_summary_names_kernels_inside_command_buffers_by_their_fusion():
     prof = load_script("profile_step")
-    hlo = "\n".join([
+    hlo_text = "\n".join([
         '  %loop_add_fusion.5 = f32[4]{0} fusion(f32[4]{0} %p), kind=kLoop, calls=%c, '
         'metadata={op_name="jit(train_step)/jvp(SequenceClassifier)/block_1/OutputActivation/add"}',
         '  %cublas-lt-matmul.2 = (f32[4]{0}, s8[8]{0}) custom-call(f32[4]{0} %a), custom_call_target="__cublas$lt$matmul", '
         'metadata={op_name="jit(train_step)/transpose(jvp(SequenceClassifier))/block_0/OutputActivation/Dense/dot_general"}',
     ])
-    ops = prof.hlo_ops(hlo)
+    ops = hlo.instructions(hlo_text)
     assert ops["loop_add_fusion.5"]["detail"] == "kLoop"
     assert ops["cublas-lt-matmul.2"]["detail"] == "__cublas$lt$matmul"
     events = [
@@ -493,7 +493,7 @@ TRAFFIC_MD = """## Top 3 operations
 
 
 def test_hlo_instruction_io_reads_operands_once_and_skips_library_workspace():
-    io = rl.hlo_instruction_io(TRAFFIC_HLO)
+    io = hlo.instruction_io(TRAFFIC_HLO)
     array, row = 1000 * 250 * 4, 250 * 4
     assert io["loop_add_fusion"] == (array + row, array)  # the /*index*/ comment is not an operand
     assert io["custom-call.2"] == (array, array)  # the s8 workspace is not a result
@@ -508,11 +508,11 @@ def test_hlo_traffic_rows_order_and_fusion_body(tmp_path, capsys):
     add = rows[0]
     assert add["mb_in"] == pytest.approx(1.001) and add["mb_out"] == pytest.approx(1.0)
     assert add["tb_s"] == pytest.approx(2.001e6 / 2e-6 / 1e12)
-    assert traffic.entry_order(TRAFFIC_HLO, "block_1/") == ["loop_add_fusion", "scatter"]
-    body = traffic.fused_computation(TRAFFIC_HLO, "loop_add_fusion")
+    assert hlo.entry_order(TRAFFIC_HLO, "block_1/") == ["loop_add_fusion", "scatter"]
+    body = hlo.called_computation(TRAFFIC_HLO, "loop_add_fusion")
     assert body.startswith("%fused_add (") and "ROOT %add.1" in body and "metadata" not in body
     with pytest.raises(KeyError):
-        traffic.fused_computation(TRAFFIC_HLO, "nope")
+        hlo.called_computation(TRAFFIC_HLO, "nope")
     md = tmp_path / "profile-x.md"
     md.write_text(TRAFFIC_MD)
     assert traffic.main([str(md)]) == 2  # no HLO next to it: a clear error

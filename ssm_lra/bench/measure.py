@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ssm_lra.bench import hlo
 from ssm_lra.bench import roofline as rl
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -70,10 +71,10 @@ def compiled_costs(compiled) -> dict:
         text = compiled.as_text()
     except Exception:  # as_text is best effort on some backends; the costs still stand
         text = None
-    costs["has_loops"] = rl.hlo_has_loops(text) if text is not None else None
-    costs["loops"] = rl.hlo_loops(text) if text is not None else None
-    costs["kernels"] = rl.hlo_kernels(text) if text is not None else None
-    costs["kernel_io_bytes"] = rl.hlo_kernel_io_bytes(text) if text is not None else None
+    costs["has_loops"] = hlo.has_loops(text) if text is not None else None
+    costs["loops"] = hlo.loops(text) if text is not None else None
+    costs["kernels"] = hlo.kernels(text) if text is not None else None
+    costs["kernel_io_bytes"] = hlo.kernel_io_bytes(text) if text is not None else None
     costs["memory"] = compiled_memory(compiled)
     return costs
 

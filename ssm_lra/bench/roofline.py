@@ -8,7 +8,6 @@ faster; measured time over the roofline says how far a kernel is from its ceilin
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -98,88 +97,6 @@ def read_cost_analysis(cost: Any) -> dict:
         "bytes_accessed": total("bytes accessed"),
         "transcendentals": total("transcendentals"),
     }
-
-
-def hlo_has_loops(hlo_text: str) -> bool:
-    """Whether compiled HLO holds a while loop. XLA's cost analysis counts a loop body once, not
-    once per trip, so the FLOPs and bytes of such a program are an undercount."""
-    return re.search(r"\bwhile\(", hlo_text) is not None
-
-
-def hlo_loops(hlo_text: str) -> list[dict]:
-    """Each while loop of compiled HLO: the jax operation it came from (metadata op_name, cut to
-    its last 80 characters) and XLA's known trip count where the backend config states one.
-    Says where an undercount comes from: on CPU, for instance, dropout's threefry RNG is a loop."""
-    loops = []
-    for line in hlo_text.splitlines():
-        if not re.search(r"\bwhile\(", line):
-            continue
-        op = re.search(r'op_name="([^"]*)"', line)
-        trips = re.search(r'known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', line)
-        loops.append({"op": op.group(1)[-80:] if op else None, "trips": int(trips.group(1)) if trips else None})
-    return loops
-
-
-def hlo_kernels(hlo_text: str) -> list[str]:
-    """The Pallas/Triton kernels a compiled HLO program calls (their names where the call states
-    one). XLA's cost analysis does not see inside them, so a program with kernels undercounts
-    the FLOPs and bytes by whatever the kernels do."""
-    kernels = []
-    for line in hlo_text.splitlines():
-        if "xla.gpu.triton" not in line:
-            continue
-        # the call's own name key, not metadata's op_name
-        name = re.search(r'(?<![A-Za-z_])name\\?"?\s*[:=]\s*\\?"([A-Za-z0-9_.]+)', line)
-        kernels.append(name.group(1) if name else "?")
-    return kernels
-
-
-# One instruction of HLO text: `%name = TYPE opcode(operands...`; TYPE may be a tuple.
-_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+[\w\-]+\(")
-_HLO_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
-
-
-def hlo_type_bytes(hlo_type: str) -> int:
-    """Bytes of an HLO type: `f32[4,8]{1,0}` -> 128; a tuple's are summed; pred counts one byte."""
-    total = 0
-    for dtype, dims in _HLO_ARRAY.findall(hlo_type):
-        bits = 8 if dtype == "pred" else int(re.match(r"[a-z]+(\d+)", dtype).group(1))
-        total += math.prod(int(d) for d in dims.split(",") if d) * max(bits // 8, 1)
-    return total
-
-
-def hlo_instruction_io(hlo_text: str) -> dict[str, tuple[int, int]]:
-    """Per instruction of HLO text (every computation's): (bytes of its operands, bytes of its
-    result), from the types the text states. Read once and written once: a lower bound on what the
-    instruction's kernel moves (one that re-reads an input or spills moves more). A custom call's
-    s8 workspace at the end of its result tuple is not counted."""
-    defs = [(m.group(1), m.group(2), line) for line in hlo_text.splitlines() if (m := _HLO_DEF.match(line))]
-    types = {name: hlo_type for name, hlo_type, _ in defs}
-    io = {}
-    for name, hlo_type, line in defs:
-        operands = line[line.index("(", line.index(hlo_type) + len(hlo_type)) + 1 :]
-        depth, end = 1, 0
-        for end, ch in enumerate(operands):  # up to the opcode's closing parenthesis
-            depth += {"(": 1, ")": -1}.get(ch, 0)
-            if depth == 0:
-                break
-        names = re.findall(r"%([\w.\-]+)", operands[:end])
-        result = hlo_type
-        if "custom-call(" in line:  # a library call's trailing s8[...] is its workspace, not a result
-            result = re.sub(r",\s*s8\[[\d,]*\](\{[^}]*\})?\)$", ")", hlo_type)
-        io[name] = (sum(hlo_type_bytes(types.get(n, "")) for n in names), hlo_type_bytes(result))
-    return io
-
-
-def hlo_kernel_io_bytes(hlo_text: str) -> int:
-    """The bytes the Pallas/Triton kernels of a compiled program read and write at the least: each
-    call's operands read once and its results written once. XLA's cost analysis counts nothing for
-    them; adding this makes a layer's roofline a lower bound again rather than a guess, though a
-    kernel that reads an input twice or spills moves more."""
-    io = hlo_instruction_io(hlo_text)
-    calls = [m.group(1) for line in hlo_text.splitlines()
-             if "xla.gpu.triton" in line and "custom-call(" in line and (m := _HLO_DEF.match(line))]
-    return sum(sum(io[name]) for name in calls)
 
 
 # ----------------------------------------------------------------------------------------------
