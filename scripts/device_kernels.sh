@@ -24,7 +24,10 @@
 #   part 14: two products on the FFT routes where it is still open (S4 Path-X, S4D bfloat16).
 #   part 16: A/B of code versions in one lease: AB_DIRS (copies of the repository, e.g. from
 #           `git archive <commit>`, "." for the working tree) x AB_EXPERIMENTS, AB_ROUNDS rounds,
-#           with AB_OVERRIDES for every run (AB_TAG names them);
+#           with AB_OVERRIDES for every run (AB_TAG names them); or AB_PATCHES="ab_main= ab_x=P1,P2"
+#           with AB_PATCH_DIR: copies of the tree with those patches, built on the machine
+#           (scripts/ab_copies.sh), AB_DIRS defaulting to their names (ab_*/ is git-ignored:
+#           copies made here travel only when `carry` names them);
 #   part 17: the chunked route's profiles with the optimized HLO: S4D at the ListOps reference
 #           configuration (5.5% short of its target) and S4D Path-X;
 #   part 18: the Path-X layers on fused kernels with their kernels' I/O counted (the issue's
@@ -154,6 +157,10 @@ elif [ "$part" = 18 ]; then
   python3 -m ssm_lra.bench --experiments mamba/pathx,s5/pathx,s5_ptd/pathx --steps 20 --warmup 2 \
     --timeout 170 --max-minutes 9 --out "$out" --name pathx-fused-kernel-io
 elif [ "$part" = 16 ]; then
+  if [ -n "${AB_PATCHES:-}" ]; then  # build the copies here: NAME=P1,P2 ... from AB_PATCH_DIR
+    bash scripts/ab_copies.sh "$AB_PATCH_DIR" $AB_PATCHES || exit 1
+    AB_DIRS=${AB_DIRS:-$(for spec in $AB_PATCHES; do printf '%s ' "${spec%%=*}"; done)}
+  fi
   for round in $(seq "${AB_ROUNDS:-1}"); do
     for e in ${AB_EXPERIMENTS//,/ }; do
       for d in ${AB_DIRS:-.}; do
