@@ -524,3 +524,26 @@ def test_hlo_traffic_rows_order_and_fusion_body(tmp_path, capsys):
     assert traffic.main([str(md), "--order", "block_1/"]) == 0
     out = capsys.readouterr().out
     assert out.index("loop_add_fusion") < out.index("scatter") and "custom-call.2" not in out
+
+
+def test_ab_copies_builds_patched_copies_without_results(tmp_path):
+    """scripts/ab_copies.sh: NAME=P1,P2 copies the tree (not results/, not other copies) and
+    applies the patches in order; a patch that does not apply, or a name without ab_, stops it."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ab_copies.sh"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\ny = 2\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "big.json").write_text("{}")
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "one.patch").write_text("--- a/pkg/a.py\n+++ b/pkg/a.py\n@@ -1,2 +1,2 @@\n-x = 1\n+x = 10\n y = 2\n")
+    (patches / "two.patch").write_text("--- a/pkg/a.py\n+++ b/pkg/a.py\n@@ -1,2 +1,2 @@\n x = 10\n-y = 2\n+y = 20\n")
+    run = lambda *args: subprocess.run(["bash", str(script), str(patches), *args], cwd=tmp_path, capture_output=True, text=True)
+    done = run("ab_base=", "ab_both=one,two")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ab_base" / "pkg" / "a.py").read_text() == "x = 1\ny = 2\n"
+    assert (tmp_path / "ab_both" / "pkg" / "a.py").read_text() == "x = 10\ny = 20\n"
+    assert not (tmp_path / "ab_both" / "results").exists() and not (tmp_path / "ab_both" / "ab_base").exists()
+    bad = run("ab_bad=two")  # two.patch needs one.patch first
+    assert bad.returncode == 1 and "two.patch does not apply to ab_bad" in bad.stderr
+    assert run("base=").returncode == 2
