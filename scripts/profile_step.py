@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from ssm_lra import atomic
 from ssm_lra.bench import hlo
 
+
 def model_part(op_name: str) -> str:
     """A short, layer-independent label of where an op came from: the Flax module path with layer
     indices dropped, and whether it belongs to the backward pass (jax's `transpose`)."""
