@@ -96,7 +96,10 @@ def instruction_io(hlo_text: str) -> dict[str, tuple[int, int]]:
     the types the text states. Read once and written once: a lower bound on what the instruction's
     kernel moves (one that re-reads an input or spills moves more). A custom call's s8 workspace
     at the end of its result tuple is not counted."""
-    defs = definitions(hlo_text)
+    return _io(definitions(hlo_text))
+
+
+def _io(defs: list[tuple[str, str, str, str]]) -> dict[str, tuple[int, int]]:
     types = {name: hlo_type for name, hlo_type, _, _ in defs}
     io = {}
     for name, hlo_type, opcode, line in defs:
@@ -113,9 +116,9 @@ def kernel_io_bytes(hlo_text: str) -> int:
     call's operands read once and its results written once. XLA's cost analysis counts nothing for
     them; adding this makes a layer's roofline a lower bound again rather than a guess, though a
     kernel that reads an input twice or spills moves more."""
-    io = instruction_io(hlo_text)
-    return sum(sum(io[name]) for name, _, opcode, line in definitions(hlo_text)
-               if opcode == "custom-call" and "xla.gpu.triton" in line)
+    defs = definitions(hlo_text)
+    io = _io(defs)
+    return sum(sum(io[name]) for name, _, opcode, line in defs if opcode == "custom-call" and "xla.gpu.triton" in line)
 
 
 def entry_order(hlo_text: str, op_name_part: str) -> list[str]:
