@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ssm_lra.ssm.conv import vandermonde_kernel
+from ssm_lra.ssm.conv import vandermonde_kernel, with_skip
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.scan import lti_scan
 
@@ -96,8 +96,8 @@ def _fused_chunk_scan(a_T, b_re, b_im, reverse: bool, interpret: bool):
 
 
 def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, precision: str = "highest",
-                     scan: str = "xla"):
-    """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd), K[l] = 2 Re sum_n W_n a_n^l.
+                     scan: str = "xla", skip=None):
+    """y = causal_conv(u, K_fwd) (+ anti-causal conv with K_bwd) (+ skip u), K[l] = 2 Re sum_n W_n a_n^l.
 
     Same result as `causal_fft_conv(u, vandermonde_kernel(..., W_fwd, L))` (and, with W_bwd, as
     `bidirectional_fft_conv`), computed chunk by chunk (see the module docstring).
@@ -105,6 +105,8 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     u: (..., L, H) real; log_a: (H, N2) complex, log of the discrete eigenvalues; W_fwd, W_bwd:
     (H, N2) complex. chunk: T (default `default_chunk(L)`); L is zero-padded to a multiple of it.
     scan: one of CHUNK_SCANS, how the states pass between chunks (the same result).
+    skip: (H,) real or None: the SSM's D, added to the within-chunk matrix's diagonal (lag 0), so
+    that D u costs no pass of its own; its products then take `precision` as the rest do.
     """
     if precision not in CHUNK_PRECISIONS:
         raise ValueError(f"unknown chunk precision {precision!r}; valid ones are {', '.join(map(repr, CHUNK_PRECISIONS))}")
@@ -122,6 +124,8 @@ def chunked_ssm_conv(u, log_a, W_fwd, W_bwd=None, chunk: int | None = None, prec
     pows = _powers(log_a, steps)  # a^0 .. a^T: (H, N2, T + 1)
     bidirectional = W_bwd is not None
     k_fwd = vandermonde_kernel(None, W_fwd, T, log_Abar=log_a)  # the first T lags
+    if skip is not None:
+        k_fwd = with_skip(k_fwd, skip)
     k_bwd = vandermonde_kernel(None, W_bwd, T, log_Abar=log_a) if bidirectional else None
     # The named scopes label the pieces in profiles (scripts/profile_step.py groups by them).
     with jax.named_scope("within_chunks"):

@@ -15,7 +15,7 @@ from jax import lax
 
 from ssm_lra.ssm.sharding import batch_parallel
 
-__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel"]
+__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel", "with_skip"]
 
 
 def vandermonde_kernel(Abar, CB, L: int, log_Abar=None):
@@ -165,6 +165,13 @@ def _pairs_stay_on_one_device(B: int) -> bool:
     work, but no data moves between devices)."""
     D = jax.device_count()
     return D == 1 or B % (2 * D) == 0
+
+
+def with_skip(k, D):
+    """The kernel k (..., H, lags) with D (H,) added at lag 0: convolving with it gives
+    conv(u, k) + D u. The SSM's skip term then rides in the convolution (its gradient is the
+    kernel's at lag 0) instead of taking a pass of its own over u forwards and backwards."""
+    return k.at[..., 0].add(D.astype(k.dtype))
 
 
 def causal_fft_conv(u, k):

@@ -11,7 +11,7 @@ its kernel is real. The layer:
      of unity, through a Cauchy kernel plus a Woodbury (Sherman-Morrison) correction for P P^H
      (`dplr_generating_function`; S4 paper, Algorithm 1 and Lemma C.3),
   2. inverse-FFTs it into the length-L kernel K (`s4_kernel`),
-  3. convolves K with the input by FFT and adds the skip term D u.
+  3. convolves K (with the skip term D in its lag 0) with the input by FFT.
 The same kernel can also come from matrix powers (`kernel_method="powers"`, `s4_kernel_powers`):
 the N-dimensional system written in real coordinates, Abar^(2^j) by repeated squaring, and
 K[qT + r] = Ctilde (I - Abar^L)^-1 Abar^(qT) Abar^r Bbar as one (Q x N) @ (N x T) product per
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_lra.ssm import Mixer
-from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv
+from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, with_skip
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.s4d import (
     as_complex,
@@ -407,9 +407,9 @@ class S4(Mixer):
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, K.dtype))
         K = K.astype(x.dtype)
+        k_fwd = with_skip(K[0], p["D"])  # D u in the kernel's lag 0
         if self.bidirectional:
-            y = bidirectional_fft_conv(x, K[0], K[1])
+            y = bidirectional_fft_conv(x, k_fwd, K[1])
         else:
-            y = causal_fft_conv(x, K[0])
-        y = y + p["D"].astype(x.dtype) * x
+            y = causal_fft_conv(x, k_fwd)
         return y.astype(u.dtype)

@@ -4,7 +4,7 @@ Each of the H channels is an independent SISO SSM with a diagonal complex state 
 eigenvalues (the conjugate halves are implicit: outputs are 2 Re(.)). The layer:
   1. discretizes (Lambda, B) with a learned per-channel step dt,
   2. builds the length-L kernel K[l] = 2 Re(sum_n C_n Bbar_n Abar_n^l) by a Vandermonde product,
-  3. convolves it with the input by FFT and adds the skip term D u.
+  3. convolves it with the input by FFT; the skip term D u rides in the kernel's lag 0.
 With `conv="chunked"` steps 2-3 become matmuls over chunks of the sequence with the states passed
 between chunks (chunked_conv.py): the same output without an FFT. With `conv="scan"` they are the
 recurrence itself, run by a GPU kernel (diagonal_scan.py): the same output again.
@@ -25,7 +25,7 @@ from jax import lax
 
 from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, CHUNK_SCANS, chunked_ssm_conv
-from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel
+from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel, with_skip
 from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
@@ -273,17 +273,19 @@ class S4D(Mixer):
             raise ValueError(f"expected {self.d_model} channels in the last axis, got {u.shape}")
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, self.param_dtype))
+        D = self.D.astype(x.dtype)
         conv = self.resolved_conv()
+        # The convolutions take the skip term D u in their kernel's lag 0 (conv.with_skip).
         if conv == "fft":
             K = self.kernel(u.shape[-2]).astype(x.dtype)
-            y = bidirectional_fft_conv(x, K[0], K[1]) if self.bidirectional else causal_fft_conv(x, K[0])
+            k_fwd = with_skip(K[0], D)
+            y = bidirectional_fft_conv(x, k_fwd, K[1]) if self.bidirectional else causal_fft_conv(x, k_fwd)
         else:  # from the discrete system itself, without the length-L kernel
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
             if conv == "chunked":
                 chunk, precision, scan = self.chunking()
-                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision, scan=scan)
+                y = chunked_ssm_conv(x, log_Abar, W[0], W_bwd, chunk=chunk, precision=precision, scan=scan, skip=D)
             else:
-                y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret")
-        y = y + self.D.astype(x.dtype) * x
+                y = diagonal_scan_conv(x, log_Abar, W[0], W_bwd, interpret=self.conv == "scan_interpret") + D * x
         return y.astype(u.dtype)

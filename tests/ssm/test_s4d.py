@@ -17,6 +17,7 @@ from ssm_lra.ssm.conv import (
     causal_fft_conv,
     fft_length,
     vandermonde_kernel,
+    with_skip,
 )
 from ssm_lra.ssm.diagonal_scan import batch_cross_correlation, diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS, discretize_bilinear, discretize_zoh
@@ -394,6 +395,39 @@ def test_chunked_conv_matches_direct_convolutions(L, T):
     assert_rel_close(causal, direct_causal_conv(u, k_fwd), 1e-12)
     both = conv(jnp.asarray(u), jnp.asarray(log_a), jnp.asarray(W_fwd), jnp.asarray(W_bwd), chunk=T)
     assert_rel_close(both, direct_causal_conv(u, k_fwd) + direct_anticausal_conv(u, k_bwd), 1e-12)
+
+
+@pytest.mark.parametrize("route", ["fft", "chunked"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_skip_in_the_kernel_is_d_times_u_with_its_gradients(route, bidirectional):
+    """D folded into lag 0 (`with_skip`, `chunked_ssm_conv(skip=)`) gives conv + D u, and the same
+    gradients for u, D and the kernel as adding D u outside, in float64 (dD = sum of dy u)."""
+    rng = np.random.default_rng(7 + bidirectional)
+    L, T = 21, 4
+    u, log_a, W_fwd, W_bwd, k_fwd, k_bwd = map(jnp.asarray, random_diagonal_system(rng, L))
+    D = jnp.asarray(rng.normal(size=(u.shape[-1],)))
+    dy = jnp.asarray(rng.normal(size=u.shape))
+    W_bwd = W_bwd if bidirectional else None
+    k_bwd = k_bwd if bidirectional else None
+
+    def fft_conv(u, k_fwd):
+        return bidirectional_fft_conv(u, k_fwd, k_bwd) if bidirectional else causal_fft_conv(u, k_fwd)
+
+    if route == "fft":
+        folded = lambda u, D, W: fft_conv(u, with_skip(k_fwd * W, D))
+        outside = lambda u, D, W: fft_conv(u, k_fwd * W) + D * u
+    else:
+        conv = lambda u, W, skip=None: chunked_ssm_conv(u, log_a, W_fwd * W, W_bwd, chunk=T, skip=skip)
+        folded = lambda u, D, W: conv(u, W, skip=D)
+        outside = lambda u, D, W: conv(u, W) + D * u
+    W = jnp.ones(())  # a scalar on the forward kernel, so that its gradient is checked too
+    y, pull = jax.vjp(folded, u, D, W)
+    y_ref, pull_ref = jax.vjp(outside, u, D, W)
+    direct = direct_causal_conv(u, k_fwd) + (direct_anticausal_conv(u, k_bwd) if bidirectional else 0)
+    assert_rel_close(y, direct + D * u, 1e-12)
+    for got, want in zip(pull(dy), pull_ref(dy)):
+        assert_rel_close(got, want, 1e-12)
+    assert_rel_close(pull(dy)[1], jnp.sum(dy * u, axis=(0, 1)), 1e-12)
 
 
 def test_chunked_conv_fused_chunk_scan_matches_xla_scan():
