@@ -33,7 +33,7 @@ from ssm_lra.ssm.conv import vandermonde_kernel, with_skip
 from ssm_lra.ssm.lti_kernel import lti_scan_fused
 from ssm_lra.ssm.scan import lti_scan
 
-__all__ = ["CHUNK_PRECISIONS", "CHUNK_SCANS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk"]
+__all__ = ["CHUNK_PRECISIONS", "CHUNK_SCANS", "chunk_toeplitz", "chunked_ssm_conv", "default_chunk", "upper_toeplitz"]
 
 # "default" lets XLA round float32 matmul inputs to TF32 on tensor cores (JAX's own default on
 # recent GPUs, which the dense layers already get); "highest" keeps true float32 products.
@@ -61,17 +61,29 @@ def _as_real_rows(z):
     return jnp.concatenate([z.real, z.imag], axis=-2)
 
 
+def upper_toeplitz(k):
+    """(..., T) -> (..., T, T) with U[r, s] = k[s - r] for s >= r, zeros below the diagonal.
+
+    Built by tiling [k, 0] (length 2T) T times and reading it as rows of 2T - 1: row r starts r
+    places further back, so it holds k shifted right by r. Only tiling, reshapes and slices: the
+    gradient with respect to k is a sum over the tiles, where indexing k by lag would make it a
+    scatter-add, which a GPU runs as slow atomic adds.
+    """
+    T = k.shape[-1]
+    q = jnp.concatenate([k, jnp.zeros_like(k)], axis=-1)
+    rows = jnp.tile(q, T)[..., : T * (2 * T - 1)].reshape(k.shape[:-1] + (T, 2 * T - 1))
+    return rows[..., :T]
+
+
 def chunk_toeplitz(k_fwd, k_bwd=None):
     """The (H, T, T) matrix M with y_chunk = M u_chunk for the within-chunk part.
 
     M[h, r, s] = k_fwd[h, r - s] for s <= r, plus k_bwd[h, s - r] for s >= r (anti-causal; the
     diagonal gets both). k_fwd, k_bwd: (H, T), the first T lags of each kernel.
     """
-    T = k_fwd.shape[-1]
-    lag = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]  # r - s
-    M = jnp.where(lag >= 0, k_fwd[:, jnp.clip(lag, 0, T - 1)], 0.0)
+    M = jnp.swapaxes(upper_toeplitz(k_fwd), -1, -2)
     if k_bwd is not None:
-        M = M + jnp.where(lag <= 0, k_bwd[:, jnp.clip(-lag, 0, T - 1)], 0.0)
+        M = M + upper_toeplitz(k_bwd)
     return M
 
 

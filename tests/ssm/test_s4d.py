@@ -504,14 +504,29 @@ def test_batch_cross_correlation_by_definition():
         np.testing.assert_allclose(c[lag % n], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_chunk_toeplitz_by_definition():
-    rng = np.random.default_rng(0)
-    k_fwd, k_bwd = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
-    M = np.asarray(chunk_toeplitz(jnp.asarray(k_fwd), jnp.asarray(k_bwd)))
-    for r in range(5):
-        for s_ in range(5):
-            expected = (k_fwd[:, r - s_] if s_ <= r else 0) + (k_bwd[:, s_ - r] if s_ >= r else 0)
-            np.testing.assert_allclose(M[:, r, s_], expected, rtol=1e-15)
+@pytest.mark.parametrize("T", [1, 2, 5, 16])
+def test_chunk_toeplitz_and_its_gradient_by_definition(T):
+    """Values entry by entry, with and without the anti-causal kernel; the gradient of each kernel
+    is the sum of dM along its diagonals, computed without a scatter (the reason for the tiling
+    construction)."""
+    rng = np.random.default_rng(T)
+    k_fwd, k_bwd = rng.normal(size=(2, 3, T))
+    both = np.asarray(chunk_toeplitz(jnp.asarray(k_fwd), jnp.asarray(k_bwd)))
+    causal = np.asarray(chunk_toeplitz(jnp.asarray(k_fwd)))
+    for r in range(T):
+        for s_ in range(T):
+            fwd = k_fwd[:, r - s_] if s_ <= r else 0
+            bwd = k_bwd[:, s_ - r] if s_ >= r else 0
+            np.testing.assert_allclose(both[:, r, s_], fwd + bwd, rtol=1e-15)
+            np.testing.assert_array_equal(causal[:, r, s_], fwd)
+    dM = rng.normal(size=(3, T, T))
+    pull = jax.vjp(chunk_toeplitz, jnp.asarray(k_fwd), jnp.asarray(k_bwd))[1]
+    d_fwd, d_bwd = pull(jnp.asarray(dM))
+    for lag in range(T):
+        np.testing.assert_allclose(d_fwd[:, lag], np.trace(dM, offset=-lag, axis1=1, axis2=2), rtol=1e-12)
+        np.testing.assert_allclose(d_bwd[:, lag], np.trace(dM, offset=lag, axis1=1, axis2=2), rtol=1e-12)
+    jaxpr = str(jax.make_jaxpr(pull)(jnp.asarray(dM)))
+    assert "scatter" not in jaxpr and "gather" not in jaxpr
 
 
 def test_fft_length_is_power_of_two_at_least_2L():
