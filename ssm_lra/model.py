@@ -58,6 +58,49 @@ def _gelu_bwd(x, g):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+# Up to this many tokens, the embedding's gradient is a one-hot product (TokenEmbed).
+ONE_HOT_GRADIENT_MAX_VOCAB = 1024
+
+
+@jax.custom_vjp
+def embedding_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """table[tokens], whose gradient for the table is one_hot(tokens)^T g: one product.
+
+    The gradient of a gather is a scatter-add of every position's row into the table; with few
+    distinct tokens (ListOps' 17, the byte-level tasks' 257) and 65,536 positions a step, a GPU
+    runs it as atomic adds piling onto the same rows. The product reads g once at full bandwidth.
+    """
+    return jnp.take(table, tokens, axis=0)
+
+
+def _embedding_lookup_fwd(table, tokens):
+    return embedding_lookup(table, tokens), (tokens, jnp.zeros((table.shape[0], 0), table.dtype))
+
+
+def _embedding_lookup_bwd(residuals, g):
+    tokens, vocab = residuals
+    one_hot = jax.nn.one_hot(tokens, vocab.shape[0], dtype=g.dtype)
+    # Exact float32 sums: at default precision a GPU would round g to TF32 inside the product.
+    d_table = jnp.einsum("...v,...h->vh", one_hot, g, precision=jax.lax.Precision.HIGHEST)
+    return d_table.astype(vocab.dtype), None
+
+
+embedding_lookup.defvjp(_embedding_lookup_fwd, _embedding_lookup_bwd)
+
+
+class TokenEmbed(nn.Embed):
+    """nn.Embed (the same parameter, initialization and values) whose gradient is a one-hot
+    product for vocabularies up to ONE_HOT_GRADIENT_MAX_VOCAB tokens (embedding_lookup)."""
+
+    def __call__(self, inputs):
+        if self.num_embeddings > ONE_HOT_GRADIENT_MAX_VOCAB or self.num_embeddings == 1:
+            return super().__call__(inputs)
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("Input type must be an integer or unsigned integer.")
+        (embedding,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        return embedding_lookup(embedding, inputs)
+
+
 class Norm(nn.Module):
     kind: str
 
@@ -202,7 +245,7 @@ class SequenceClassifier(nn.Module):
             inputs = inputs.reshape((2 * batch,) + inputs.shape[2:])
             mask = mask.reshape(2 * batch, mask.shape[2])
         if self.vocab_size is not None:
-            x = nn.Embed(self.vocab_size, self.d_model, name="encoder")(inputs)
+            x = TokenEmbed(self.vocab_size, self.d_model, name="encoder")(inputs)
         else:
             x = nn.Dense(self.d_model, name="encoder")(inputs)
         x = x * mask[..., None].astype(x.dtype)
