@@ -208,7 +208,7 @@ def run(cfg: DictConfig) -> dict:
             "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind,
             "jax_version": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),  # with the config's own (trainer.triton_gemm)
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),  # with the config's own (trainer.triton_gemm, trainer.dot_merger)
             "git_commit": git_commit(),
             "seed": cfg.seed,
             "run_dir": str(run_dir),

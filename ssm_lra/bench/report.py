@@ -218,7 +218,7 @@ def markdown(doc: dict) -> str:
         parts += [f"- {r['experiment']}: {format_routes(r['routes'])}" for r in routed]
     flagged = [r for r in rows if r.get("xla_flags")]
     if flagged:
-        parts += ["", "XLA_FLAGS each experiment ran with (the environment's and its config's, e.g. trainer.triton_gemm):", ""]
+        parts += ["", "XLA_FLAGS each experiment ran with (the environment's and its config's: trainer.triton_gemm, trainer.dot_merger):", ""]
         parts += [f"- {r['experiment']}: `{r['xla_flags']}`" for r in flagged]
     failures = [r for r in rows if r.get("error") or r.get("layer_error")]
     if failures:

@@ -92,7 +92,7 @@ def run_experiment(job: dict, out: Path) -> None:
         seq_len=int(plan.spec.seq_len),
         precision=plan.trainer.get("precision", "float32"),
         accumulate_grad_batches=int(plan.trainer.get("accumulate_grad_batches") or 1),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),  # with the config's own (trainer.triton_gemm)
+        xla_flags=os.environ.get("XLA_FLAGS", ""),  # with the config's own (trainer.triton_gemm, trainer.dot_merger)
         routes=plan.model.routes(),  # what "auto" settings resolved to on this device
     )
     save()

@@ -1,4 +1,5 @@
-"""trainer.triton_gemm: which runs ask XLA for cuBLAS products, and how the flag reaches XLA."""
+"""trainer.triton_gemm and trainer.dot_merger: which runs ask XLA for cuBLAS products or unmerged
+products, and how the flags reach XLA."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 from jax._src import xla_bridge
 from omegaconf import OmegaConf
 
-from ssm_lra.engine.xla_options import TRITON_GEMM_FLAG, apply_xla_options, triton_gemm_enabled
+from ssm_lra.engine.xla_options import (
+    DOT_MERGER_FLAG,
+    TRITON_GEMM_FLAG,
+    apply_xla_options,
+    config_xla_flags,
+    dot_merger_enabled,
+    triton_gemm_enabled,
+)
 from ssm_lra.errors import ConfigError
 from tests.test_experiments import PAIRS, composed
 
@@ -31,6 +39,24 @@ def test_auto_follows_the_s4d_route(d_state, conv, triton):
     assert triton_gemm_enabled(not triton, model) is (not triton)
 
 
+@pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}/{t}" for m, t in PAIRS])
+def test_auto_unmerges_products_only_on_the_chunked_route(model, task):
+    # The presets convolve by chunks only at S4D / S4-PTD Path-X.
+    cfg = OmegaConf.to_container(composed([f"experiment={model}/{task}"]), resolve=True)
+    chunked = model in ("s4d", "s4_ptd") and task == "pathx"
+    assert dot_merger_enabled(cfg["trainer"]["dot_merger"], cfg["model"]) is not chunked
+    assert (f"{DOT_MERGER_FLAG}=0" in config_xla_flags(cfg["trainer"], cfg["model"])) is chunked
+
+
+@pytest.mark.parametrize("d_state, conv, merged", [(4, "auto", False), (64, "auto", True), (4, "fft", True),
+                                                   (64, "chunked", False), (64, "scan", True)])
+def test_dot_merger_auto_follows_the_s4d_route(d_state, conv, merged):
+    model = {"name": "s4d", "mixer": {"d_state": d_state, "conv": conv}}
+    assert dot_merger_enabled("auto", model) is merged
+    assert dot_merger_enabled(not merged, model) is (not merged)
+    assert dot_merger_enabled("auto", {"name": "s5", "mixer": {}}) is True
+
+
 def test_bad_setting_is_a_config_error():
     with pytest.raises(ConfigError, match="trainer.triton_gemm must be auto, true or false, got 'yes'"):
         triton_gemm_enabled("yes", {"name": "s4"})
@@ -38,6 +64,8 @@ def test_bad_setting_is_a_config_error():
 
     with pytest.raises(ConfigError, match="trainer.triton_gemm must be auto"):
         check_config(composed(["experiment=s4d/listops", "trainer.triton_gemm=yes"]))
+    with pytest.raises(ConfigError, match="trainer.dot_merger must be auto, true or false, got 'off'"):
+        check_config(composed(["experiment=s4d/listops", "trainer.dot_merger=off"]))
 
 
 def test_flag_is_added_to_the_users_flags_before_the_backend_starts(monkeypatch):
@@ -62,4 +90,18 @@ def test_flag_is_not_added_once_the_backend_runs(monkeypatch):
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
     env = {}
     apply_xla_options({"triton_gemm": False}, {"name": "s4"}, env)
+    assert env == {}
+
+
+def test_both_flags_reach_xla_and_the_users_own_value_wins(monkeypatch):
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    chunked = {"name": "s4d", "mixer": {"d_state": 4, "conv": "chunked"}}
+    env = {}
+    apply_xla_options({"triton_gemm": False}, chunked, env)
+    assert env == {"XLA_FLAGS": f"{TRITON_GEMM_FLAG}=false {DOT_MERGER_FLAG}=0"}
+    env = {"XLA_FLAGS": f"{DOT_MERGER_FLAG}=32"}
+    apply_xla_options({}, chunked, env)
+    assert env == {"XLA_FLAGS": f"{DOT_MERGER_FLAG}=32"}
+    env = {}
+    apply_xla_options({"dot_merger": True}, chunked, env)
     assert env == {}
