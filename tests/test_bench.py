@@ -147,6 +147,16 @@ def test_small_ceilings_on_a_gpu_are_flagged():
     assert not flagged({"ceilings": ceilings, "ceiling_size": "full", "platform": "gpu"})
 
 
+@pytest.mark.parametrize("platform, caption", [("gpu", True), ("cpu", False)])
+def test_console_roofline_table_says_when_its_ceilings_are_small(platform, caption, capsys):
+    from ssm_lra.bench.report import print_tables
+
+    print_tables({"environment": {"ceiling_size": "small", "platform": platform}, "rows": []})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "roofline" in out
+    assert ("ceilings measured at small sizes" in out) is caption
+
+
 def test_hlo_has_loops():
     assert hlo.has_loops("%while.3 = (s32[], f32[4]) while(%tuple.1), condition=%c, body=%b")
     assert not hlo.has_loops("%fusion = f32[4] fusion(%p), kind=kLoop, calls=%while_like_name")

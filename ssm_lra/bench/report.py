@@ -124,6 +124,11 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def ceilings_understated(env: dict) -> bool:
+    """Ceilings measured at CPU-test sizes on an accelerator: far below its peaks."""
+    return env.get("ceiling_size") == "small" and env.get("platform") not in (None, "cpu")
+
+
 def ceilings_lines(env: dict) -> list[str]:
     ceilings = env.get("ceilings") or {}
     if not ceilings:
@@ -147,7 +152,7 @@ def ceilings_lines(env: dict) -> list[str]:
     ):
         m = ceilings[key]
         lines.append(f"- {label}: {m['flops_per_s'] / 1e12:,.2f} TFLOP/s ({m['n']}^3, random data, median of 10)")
-    if env.get("ceiling_size") == "small" and env.get("platform") not in (None, "cpu"):
+    if ceilings_understated(env):
         lines.append(
             "- measured at small sizes (--ceiling-size small): on this device they understate its peaks, so "
             "the rooflines below are too long and the achieved fractions too high (above 100% is possible); "
@@ -239,11 +244,14 @@ def print_tables(doc: dict) -> None:
     console = Console()
     # Not a terminal (a log, a device's output): rich would squeeze the tables into 80 columns.
     console.width = max(console.width, 170)
-    for title, columns, cells in (
-        ("training step", STEP_COLUMNS, step_cells),
-        ("one block fwd+bwd: roofline", LAYER_COLUMNS, layer_cells),
+    understated = ceilings_understated(doc.get("environment") or {})
+    for title, columns, cells, caption in (
+        ("training step", STEP_COLUMNS, step_cells, None),
+        ("one block fwd+bwd: roofline", LAYER_COLUMNS, layer_cells,
+         "ceilings measured at small sizes (--ceiling-size small): rooflines too long, fractions too high; "
+         "compare the step rates" if understated else None),
     ):
-        table = Table(title=title)
+        table = Table(title=title, caption=caption)
         for c in columns:
             table.add_column(c, justify="left" if c == "experiment" else "right")
         for r in doc["rows"]:
