@@ -26,35 +26,32 @@ def expected_triton(model, task):
 
 
 @pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}/{t}" for m, t in PAIRS])
-def test_auto_asks_for_cublas_on_the_fft_routes(model, task):
+def test_auto_flags_of_each_preset(model, task):
+    # The presets convolve by chunks only at S4D / S4-PTD Path-X: unmerged products there.
     cfg = OmegaConf.to_container(composed([f"experiment={model}/{task}"]), resolve=True)
+    chunked = model in ("s4d", "s4_ptd") and task == "pathx"
     assert triton_gemm_enabled(cfg["trainer"]["triton_gemm"], cfg["model"]) == expected_triton(model, task)
+    assert dot_merger_enabled(cfg["trainer"]["dot_merger"], cfg["model"]) is not chunked
+    flags = config_xla_flags(cfg["trainer"], cfg["model"])
+    assert (f"{TRITON_GEMM_FLAG}=false" in flags) is not expected_triton(model, task)
+    assert (f"{DOT_MERGER_FLAG}=0" in flags) is chunked
 
 
-@pytest.mark.parametrize("d_state, conv, triton", [(4, "auto", True), (32, "auto", True), (64, "auto", False),
-                                                   (4, "fft", False), (64, "chunked", True)])
-def test_auto_follows_the_s4d_route(d_state, conv, triton):
+@pytest.mark.parametrize("d_state, conv, triton, merged", [
+    (4, "auto", True, False), (32, "auto", True, False), (64, "auto", False, True), (4, "fft", False, True),
+    (64, "chunked", True, False), (64, "scan", True, True),
+])
+def test_auto_follows_the_s4d_route(d_state, conv, triton, merged):
     model = {"name": "s4d", "mixer": {"d_state": d_state, "conv": conv}}
     assert triton_gemm_enabled("auto", model) is triton
     assert triton_gemm_enabled(not triton, model) is (not triton)
-
-
-@pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}/{t}" for m, t in PAIRS])
-def test_auto_unmerges_products_only_on_the_chunked_route(model, task):
-    # The presets convolve by chunks only at S4D / S4-PTD Path-X.
-    cfg = OmegaConf.to_container(composed([f"experiment={model}/{task}"]), resolve=True)
-    chunked = model in ("s4d", "s4_ptd") and task == "pathx"
-    assert dot_merger_enabled(cfg["trainer"]["dot_merger"], cfg["model"]) is not chunked
-    assert (f"{DOT_MERGER_FLAG}=0" in config_xla_flags(cfg["trainer"], cfg["model"])) is chunked
-
-
-@pytest.mark.parametrize("d_state, conv, merged", [(4, "auto", False), (64, "auto", True), (4, "fft", True),
-                                                   (64, "chunked", False), (64, "scan", True)])
-def test_dot_merger_auto_follows_the_s4d_route(d_state, conv, merged):
-    model = {"name": "s4d", "mixer": {"d_state": d_state, "conv": conv}}
     assert dot_merger_enabled("auto", model) is merged
     assert dot_merger_enabled(not merged, model) is (not merged)
-    assert dot_merger_enabled("auto", {"name": "s5", "mixer": {}}) is True
+
+
+def test_recurrent_mixers_keep_both_defaults():
+    s5 = {"name": "s5", "mixer": {}}
+    assert triton_gemm_enabled("auto", s5) is True and dot_merger_enabled("auto", s5) is True
 
 
 def test_bad_setting_is_a_config_error():
