@@ -21,8 +21,7 @@ def _route(model_cfg: Mapping) -> str | None:
     return convolution_route(model_cfg.get("name"), model_cfg.get("mixer") or {}, on_gpu=True)
 
 
-def _setting(trainer_cfg: Mapping, key: str):
-    setting = trainer_cfg.get(key, "auto")
+def _checked(setting, key: str):
     if not isinstance(setting, bool) and setting != "auto":
         raise ConfigError(f"trainer.{key} must be auto, true or false, got {setting!r}.")
     return setting
@@ -35,7 +34,7 @@ def triton_gemm_enabled(setting, model_cfg: Mapping) -> bool:
     product in cuBLAS than with XLA's Triton GEMM fusions (S4D Pathfinder +7%, S4 Pathfinder +6%,
     S4 Path-X +5.5%); the convolution by chunks lost 42% there, and the S5 family moved by -1.5 to
     +3% on five of its six presets (+8% on the sixth, S5-PTD Pathfinder)."""
-    setting = _setting({"triton_gemm": setting}, "triton_gemm")
+    setting = _checked(setting, "triton_gemm")
     return setting if isinstance(setting, bool) else _route(model_cfg) != "fft"
 
 
@@ -47,16 +46,16 @@ def dot_merger_enabled(setting, model_cfg: Mapping) -> bool:
     activations. Measured on an H200 (NOTES.md lever 27): S4D ListOps at the reference configuration
     4,327 and 4,326 seq/s against 4,163 with the merger (+3.9%); no change on the FFT route (S4D
     Pathfinder 7,508 against 7,557), where it was left on."""
-    setting = _setting({"dot_merger": setting}, "dot_merger")
+    setting = _checked(setting, "dot_merger")
     return setting if isinstance(setting, bool) else _route(model_cfg) != "chunked"
 
 
 def config_xla_flags(trainer_cfg: Mapping, model_cfg: Mapping) -> list[str]:
     """The flags the config asks for, each as `--name=value`; raises ConfigError on a bad setting."""
     flags = []
-    if not triton_gemm_enabled(_setting(trainer_cfg, "triton_gemm"), model_cfg):
+    if not triton_gemm_enabled(trainer_cfg.get("triton_gemm", "auto"), model_cfg):
         flags.append(f"{TRITON_GEMM_FLAG}=false")
-    if not dot_merger_enabled(_setting(trainer_cfg, "dot_merger"), model_cfg):
+    if not dot_merger_enabled(trainer_cfg.get("dot_merger", "auto"), model_cfg):
         flags.append(f"{DOT_MERGER_FLAG}=0")
     return flags
 
