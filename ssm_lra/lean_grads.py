@@ -39,8 +39,12 @@ def _gelu_bwd(x, g):
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
-# Up to this many tokens, the embedding's gradient is a one-hot product (TokenEmbed).
-ONE_HOT_GRADIENT_MAX_VOCAB = 1024
+# Up to this many tokens, the embedding's gradient is a one-hot product (TokenEmbed). The product
+# costs 2 V FLOPs per gradient entry at true float32 (about 50 TFLOP/s measured on an H200), the
+# scatter about 4 bytes at the 1.1 TB/s its atomics reached (ListOps, NOTES.md lever 26): the
+# product wins below about 60 tokens. ListOps (17) is under it; the byte-level tasks (257) keep
+# the scatter, where the product would cost some 0.1 ms more a step.
+ONE_HOT_GRADIENT_MAX_VOCAB = 32
 
 
 @jax.custom_vjp
@@ -48,8 +52,8 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
     """table[tokens], whose gradient for the table is one_hot(tokens)^T g: one product.
 
     The gradient of a gather is a scatter-add of every position's row into the table; with few
-    distinct tokens (ListOps' 17, the byte-level tasks' 257) and 65,536 positions a step, a GPU
-    runs it as atomic adds piling onto the same rows. The product reads g once at full bandwidth.
+    distinct tokens (ListOps' 17) and 65,536 positions a step, a GPU runs it as atomic adds
+    piling onto the same rows. The product reads g once at full bandwidth.
     """
     return jnp.take(table, tokens, axis=0)
 
