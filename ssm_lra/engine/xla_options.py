@@ -76,4 +76,4 @@ def apply_xla_options(trainer_cfg: Mapping, model_cfg: Mapping, environ: Mutable
                         "was read; XLA keeps its default for %s in this process.", " ".join(wanted))
         return
     environ["XLA_FLAGS"] = " ".join([flags] + wanted).strip()
-    log.info("XLA_FLAGS += %s (trainer.triton_gemm / trainer.dot_merger)", " ".join(wanted))
+    log.info("XLA_FLAGS += %s (trainer.triton_gemm / trainer.dot_merger; only GPUs read them)", " ".join(wanted))
