@@ -15,7 +15,7 @@ from jax import lax
 
 from ssm_lra.ssm.sharding import batch_parallel
 
-__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "vandermonde_kernel", "with_skip"]
+__all__ = ["bidirectional_fft_conv", "causal_fft_conv", "fft_length", "ssm_fft_conv", "vandermonde_kernel", "with_skip"]
 
 
 def vandermonde_kernel(Abar, CB, L: int, log_Abar=None):
@@ -172,6 +172,13 @@ def with_skip(k, D):
     conv(u, k) + D u. The SSM's skip term then rides in the convolution (its gradient is the
     kernel's at lag 0) instead of taking a pass of its own over u forwards and backwards."""
     return k.at[..., 0].add(D.astype(k.dtype))
+
+
+def ssm_fft_conv(u, K, D, bidirectional: bool):
+    """An SSM layer's convolution by FFT: y = conv(u, K[0]) (+ the anti-causal conv with K[1]) + D u,
+    the skip term riding in K[0]'s lag 0 (`with_skip`). K: (1 or 2, H, L); D: (H,)."""
+    k_fwd = with_skip(K[0], D)
+    return bidirectional_fft_conv(u, k_fwd, K[1]) if bidirectional else causal_fft_conv(u, k_fwd)
 
 
 def causal_fft_conv(u, k):

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm_lra.ssm import Mixer
-from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, with_skip
+from ssm_lra.ssm.conv import ssm_fft_conv
 from ssm_lra.ssm.hippo import dplr_legs
 from ssm_lra.ssm.s4d import (
     as_complex,
@@ -407,9 +407,4 @@ class S4(Mixer):
         # Compute in the wider of input and parameter precision, hand back the input's dtype.
         x = u.astype(jnp.promote_types(u.dtype, K.dtype))
         K = K.astype(x.dtype)
-        k_fwd = with_skip(K[0], p["D"])  # D u in the kernel's lag 0
-        if self.bidirectional:
-            y = bidirectional_fft_conv(x, k_fwd, K[1])
-        else:
-            y = causal_fft_conv(x, k_fwd)
-        return y.astype(u.dtype)
+        return ssm_fft_conv(x, K, p["D"], self.bidirectional).astype(u.dtype)

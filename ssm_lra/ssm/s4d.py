@@ -25,7 +25,7 @@ from jax import lax
 
 from ssm_lra.ssm import Mixer
 from ssm_lra.ssm.chunked_conv import CHUNK_PRECISIONS, CHUNK_SCANS, chunked_ssm_conv
-from ssm_lra.ssm.conv import bidirectional_fft_conv, causal_fft_conv, vandermonde_kernel, with_skip
+from ssm_lra.ssm.conv import ssm_fft_conv, vandermonde_kernel
 from ssm_lra.ssm.diagonal_scan import diagonal_scan_conv
 from ssm_lra.ssm.discretize import DISCRETIZATIONS
 from ssm_lra.ssm.hippo import DIAGONAL_INITS, diagonal_init
@@ -277,9 +277,7 @@ class S4D(Mixer):
         conv = self.resolved_conv()
         # The convolutions take the skip term D u in their kernel's lag 0 (conv.with_skip).
         if conv == "fft":
-            K = self.kernel(u.shape[-2]).astype(x.dtype)
-            k_fwd = with_skip(K[0], D)
-            y = bidirectional_fft_conv(x, k_fwd, K[1]) if self.bidirectional else causal_fft_conv(x, k_fwd)
+            y = ssm_fft_conv(x, self.kernel(u.shape[-2]).astype(x.dtype), D, self.bidirectional)
         else:  # from the discrete system itself, without the length-L kernel
             log_Abar, W = s4d_system(self.log_dt, self.log_A_real, self.A_imag, self.B, self.C, self.discretization)
             W_bwd = W[1] if self.bidirectional else None
