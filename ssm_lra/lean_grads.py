@@ -59,6 +59,7 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def _embedding_lookup_fwd(table, tokens):
+    # Residuals must be arrays: a (V, 0) array carries the table's size and dtype and holds nothing.
     return embedding_lookup(table, tokens), (tokens, jnp.zeros((table.shape[0], 0), table.dtype))
 
 
