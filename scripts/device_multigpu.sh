@@ -23,9 +23,11 @@ if [[ $experiments == *pathx* ]]; then
   python3 -m ssm_lra.data generate --task pathx --out /tmp/lra/pathfinder128 --num 8000 --seed 0 --workers "$cores" --no-progress || exit 1
 fi
 all=$(seq -s, 0 $((n - 1)))
+# On a machine of one GPU only the 1-GPU leg runs: a check of this script, with no scaling to report.
+legs=$([ "$n" -gt 1 ] && echo "1 $n" || echo 1)
 for exp in ${experiments//,/ }; do
   name=${exp//\//-}
-  for gpus in 1 "$n"; do
+  for gpus in $legs; do
     visible=$([ "$gpus" = 1 ] && echo 0 || echo "$all")
     # Evaluation only at the end, on a few batches: the steps are what is timed.
     CUDA_VISIBLE_DEVICES=$visible python3 -m ssm_lra.train experiment="$exp" data.root=/tmp/lra logger=none \
@@ -34,5 +36,9 @@ for exp in ${experiments//,/ }; do
     echo "$exp on $gpus GPU(s): exit $?"; grep -h "devices:\|^error\|Done" $RES/$name-$gpus.log | cut -c1-220
   done
 done
-python3 scripts/multigpu_report.py $RES "$n" "$experiments" "$OUT" "bash scripts/device_multigpu.sh $experiments $steps"
+if [ "$n" -gt 1 ]; then
+  python3 scripts/multigpu_report.py $RES "$n" "$experiments" "$OUT" "bash scripts/device_multigpu.sh $experiments $steps"
+else
+  echo "one GPU: nothing to compare; the runs are in runs.tgz"
+fi
 tar czf "$OUT/runs.tgz" -C /tmp multigpu

@@ -339,7 +339,8 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(cache_dir, t
 
 def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_dir, tmp_path):
     """Data parallel over 2 (host-platform) devices: same loss trajectory as the 1-device smoke run,
-    and a second run (a requeued job) loads the compiled steps instead of compiling them again."""
+    and a second run (a requeued job) loads the compiled steps instead of compiling them again; the
+    multi-GPU report compares the two runs."""
     one_dir, *_ = smoke_run
     run_dir, compiled = tmp_path / "run", tmp_path / "compiled"
     env = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
@@ -358,6 +359,22 @@ def test_two_cpu_devices_shard_the_batch_and_match_one_device(smoke_run, cache_d
     assert [s for s, *_ in two] == [s for s, *_ in one] == [1, 2, 3, 4]
     np.testing.assert_allclose([v for _, *v in two], [v for _, *v in one], rtol=1e-5)
     assert summary["test_accuracy"] == pytest.approx(check_summary(one_dir)["test_accuracy"])
+
+    # The multi-GPU script's report (scripts/multigpu_report.py) on these two real runs, laid out as
+    # scripts/device_multigpu.sh leaves them.
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    runs.mkdir(), out.mkdir()
+    (runs / "listops-1").symlink_to(one_dir)
+    (runs / "listops-2").symlink_to(run_dir)
+    report = subprocess.run([sys.executable, "scripts/multigpu_report.py", str(runs), "2", "listops", str(out), "cmd"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    row = json.loads((out / "multigpu.json").read_text())["experiments"]["listops"]
+    rate_1, rate_2 = check_summary(one_dir)["train_seq_per_s"], summary["train_seq_per_s"]
+    assert row["devices"] == 2 and row["loss_steps_compared"] == 4
+    assert row["scaling_efficiency"] == pytest.approx(rate_2 / (2 * rate_1))
+    assert row["max_relative_loss_difference"] < 1e-5
+    assert "| listops |" in (out / "multigpu.md").read_text()
 
 
 def test_tiny_training_run_learns_easy_listops(cache_dir, tmp_path):
