@@ -14,7 +14,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; RES=/tmp/multigpu; mkdir -p $RES
 n=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -12
-echo "NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-unset} (must stay 0)"; [ "${NCCL_NVLS_ENABLE:-}" = 0 ] || { echo "NVLink multicast is not off: stopping"; exit 1; }
+echo "NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-unset} (must stay 0 where NCCL runs: several GPUs)"
+[ "$n" = 1 ] || [ "${NCCL_NVLS_ENABLE:-}" = 0 ] || { echo "NVLink multicast is not off: stopping"; exit 1; }
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 cores=$(nproc)
@@ -41,4 +42,5 @@ if [ "$n" -gt 1 ]; then
 else
   echo "one GPU: nothing to compare; the runs are in runs.tgz"
 fi
-tar czf "$OUT/runs.tgz" -C /tmp multigpu
+# Logs, metrics and summaries only: the checkpoints are too large to bring back.
+tar czf "$OUT/runs.tgz" --exclude=checkpoints -C /tmp multigpu
